@@ -1,0 +1,33 @@
+"""zombiereaper: reap child processes without stealing anybody's exit status."""
+
+from __future__ import annotations
+
+from ._backends import can_use_pidfd as can_use_pidfd
+from ._child import Child as Child
+from ._errors import BackendUnavailableError as BackendUnavailableError
+from ._errors import NotInstalledError as NotInstalledError
+from ._errors import NotOurChildError as NotOurChildError
+from ._errors import ReaperError as ReaperError
+from ._errors import StatusLostError as StatusLostError
+from ._errors import WaitTimeout as WaitTimeout
+from ._reaper import Reaper as Reaper
+from ._registry import Registry as Registry
+from ._status import ExitStatus as ExitStatus
+from ._status import decode_wait_status as decode_wait_status
+
+__all__ = [
+    "BackendUnavailableError",
+    "Child",
+    "ExitStatus",
+    "NotInstalledError",
+    "NotOurChildError",
+    "Reaper",
+    "ReaperError",
+    "Registry",
+    "StatusLostError",
+    "WaitTimeout",
+    "can_use_pidfd",
+    "decode_wait_status",
+]
+
+__version__ = "0.1.0.dev0"

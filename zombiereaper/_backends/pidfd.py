@@ -1,0 +1,99 @@
+"""The pidfd backend (Linux 5.4+): a descriptor per child that becomes readable when it exits.
+
+Cost per exit is O(1) however many children are alive, signals go through the descriptor so
+they can never reach a recycled pid, and nothing depends on SIGCHLD or the main thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import select
+import signal
+
+from .._status import wait_status_from_waitid
+
+_PEEK_FLAGS = os.WEXITED | os.WNOHANG | getattr(os, "WNOWAIT", 0)
+
+
+@functools.cache
+def is_available() -> bool:
+    """Probe once whether pidfd_open, waitid(P_PIDFD) and epoll work here."""
+    needed = (
+        hasattr(os, "pidfd_open")
+        and hasattr(os, "P_PIDFD")
+        and hasattr(os, "waitid")
+        and hasattr(signal, "pidfd_send_signal")
+        and hasattr(select, "epoll")
+    )
+    if not needed:
+        return False
+    try:
+        fd = os.pidfd_open(os.getpid())
+    except OSError:
+        # ENOSYS on kernels before 5.3, EPERM under some seccomp profiles.
+        return False
+    os.close(fd)
+    return True
+
+
+class PidfdNotifier:
+    """Watches one child through its pidfd."""
+
+    __slots__ = ("_fd", "_pid")
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self._pid = pid
+        self._fd = fd
+
+    @property
+    def pid(self) -> int:
+        """The child's pid."""
+        return self._pid
+
+    @property
+    def fileno(self) -> int | None:
+        """The pidfd: readable once the child has exited."""
+        return self._fd
+
+    @property
+    def can_peek(self) -> bool:
+        """Always True: waitid(P_PIDFD, WNOWAIT) reads the status without reaping."""
+        return True
+
+    def peek(self) -> int | None:
+        """The child's raw wait status if it has exited, leaving it to be reaped."""
+        return _wait(self._fd, _PEEK_FLAGS)
+
+    def reap(self) -> int | None:
+        """Reap the child if it has exited."""
+        return _wait(self._fd, os.WEXITED | os.WNOHANG)
+
+    def send_signal(self, sig: int) -> None:
+        """Signal exactly this child, even if its pid has been given to another process."""
+        signal.pidfd_send_signal(self._fd, sig)
+
+    def close(self) -> None:
+        """Close the pidfd."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _wait(fd: int, options: int) -> int | None:
+    result = os.waitid(os.P_PIDFD, fd, options)
+    if result is None:
+        return None
+    return wait_status_from_waitid(result.si_code, result.si_status)
+
+
+def open_notifier(pid: int) -> PidfdNotifier:
+    """Open a pidfd for ``pid``.
+
+    Raises:
+        OSError: EMFILE/ENFILE when descriptors have run out (the caller falls back), ESRCH when
+            no such process exists.
+    """
+    fd = os.pidfd_open(pid)
+    os.set_inheritable(fd, False)
+    return PidfdNotifier(pid, fd)

@@ -1,0 +1,361 @@
+"""The reaping engine: one thread per process, shared by every installed Reaper.
+
+Data flows one way: a backend notices an exit (a pidfd turns readable, or a SIGCHLD wakeup or
+the safety timer sweeps the pids watched by the sigchld backend) -> the engine reaps the child
+through its owner's machinery -> the owning Reaper records the status -> the Child's waiters,
+and ``on_exit`` on this thread, learn of it.
+
+Owned scope only: the engine reaps the pids it was given, one by one, and never waitpid(-1).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import select
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, Final
+
+from . import _sighandler
+from ._backends import BackendName, open_notifier
+from ._status import ExitStatus, decode_wait_status
+
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Callable
+
+    from ._child import Child
+    from ._reaper import Reaper
+
+logger = logging.getLogger("zombiereaper")
+
+#: How often the sigchld backend sweeps even without a wakeup: a Python-level SIGCHLD handler
+#: cannot run while the main thread sits in a long C call, so the timer is what bounds the delay.
+SAFETY_SWEEP_INTERVAL: Final = 0.1
+
+#: The first pause after a sweep triggered by a wakeup that found nothing. It doubles while
+#: wakeups keep finding nothing, up to SAFETY_SWEEP_INTERVAL, so a storm of spurious SIGCHLD
+#: cannot spin a core (go-reap PR #1); a sweep that finds an exit resets it.
+_FIRST_QUIET_PERIOD: Final = 0.001
+
+_EPOLL_MAX_EVENTS: Final = 256
+
+
+class Engine:
+    """The reaping thread and what it watches; use :func:`acquire` and :func:`release`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake_read, _ = _sighandler.wakeup_fds()
+        self._epoll: select.epoll | None = select.epoll() if hasattr(select, "epoll") else None
+        if self._epoll is not None:
+            self._epoll.register(self._wake_read, select.EPOLLIN)
+        self._by_fd: dict[int, Child] = {}
+        self._swept: set[Child] = set()
+        self._callbacks: collections.deque[Callable[[], None]] = collections.deque()
+        self._users = 0
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="zombiereaper", daemon=True)
+        #: Sweeps of the sigchld-watched children so far (read by tests of the storm guard).
+        self.sweeps = 0
+
+    # --- what the rest of the library calls -------------------------------------------------
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The reaping thread."""
+        return self._thread
+
+    def watch(self, child: Child, backend: BackendName) -> None:
+        """Start watching ``child`` for its exit.
+
+        Raises:
+            OSError: The backend could not watch the child (not EMFILE: that falls back).
+        """
+        notifier = open_notifier(child.pid, backend)
+        child._notifier = notifier
+        fd = notifier.fileno
+        with self._lock:
+            if fd is not None and self._epoll is not None:
+                self._by_fd[fd] = child
+                self._epoll.register(fd, select.EPOLLIN)
+                return
+            self._swept.add(child)
+        # A SIGCHLD that came before the child was in the swept set woke nobody for it.
+        _sighandler.wake()
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the reaping thread."""
+        self._callbacks.append(callback)
+        if threading.current_thread() is not self._thread:
+            _sighandler.wake()
+
+    def settle(self, child: Child) -> bool:
+        """Reap ``child`` now if it has exited, through its owner's machinery.
+
+        Safe from any thread; returns whether this call settled the child.
+        """
+        with child._lock:
+            if child._settled:
+                return False
+            outcome = _read_exit(child)
+            if outcome is _RUNNING:
+                return False
+            self._forget(child)
+            status = outcome if isinstance(outcome, ExitStatus) else None
+            child._settle(status)
+        child._reaper._child_exited(child, status)
+        child._done.set()
+        return True
+
+    # --- the thread ---------------------------------------------------------------------------
+
+    def _forget(self, child: Child) -> None:
+        notifier = child._notifier
+        if notifier is None:
+            return
+        fd = notifier.fileno
+        with self._lock:
+            if fd is not None and self._by_fd.pop(fd, None) is not None and self._epoll is not None:
+                self._epoll.unregister(fd)
+            self._swept.discard(child)
+        notifier.close()
+
+    def _run(self) -> None:
+        quiet_period = 0.0
+        quiet_until = 0.0
+        sweep_pending = False
+        last_sweep = time.monotonic()
+        while True:
+            timeout: float | None = None
+            if self._swept:
+                deadline = last_sweep + SAFETY_SWEEP_INTERVAL
+                if sweep_pending:
+                    deadline = min(deadline, quiet_until)
+                timeout = max(0.0, deadline - time.monotonic())
+            woken, ready = self._wait(timeout)
+            if self._stopping:
+                break
+            for child in ready:
+                self._settle_logged(child)
+            now = time.monotonic()
+            sweep_pending = sweep_pending or woken
+            due = (sweep_pending and now >= quiet_until) or (
+                now - last_sweep >= SAFETY_SWEEP_INTERVAL
+            )
+            if due and self._swept:
+                found = self._sweep()
+                last_sweep = now
+                sweep_pending = False
+                quiet_period = (
+                    0.0
+                    if found
+                    else min(max(quiet_period * 2, _FIRST_QUIET_PERIOD), SAFETY_SWEEP_INTERVAL)
+                )
+                quiet_until = now + quiet_period
+            elif due:
+                sweep_pending = False
+            self._run_callbacks()
+        self._run_callbacks()
+        self._close()
+
+    def _wait(self, timeout: float | None) -> tuple[bool, list[Child]]:
+        woken = False
+        ready: list[Child] = []
+        if self._epoll is not None:
+            events = self._epoll.poll(-1 if timeout is None else timeout, _EPOLL_MAX_EVENTS)
+            fds = [fd for fd, _ in events]
+        else:
+            readable, _, _ = select.select([self._wake_read], [], [], timeout)
+            fds = list(readable)
+        for fd in fds:
+            if fd == self._wake_read:
+                _sighandler.drain(fd)
+                woken = True
+                continue
+            child = self._by_fd.get(fd)
+            if child is not None:
+                ready.append(child)
+        return woken, ready
+
+    def _sweep(self) -> int:
+        self.sweeps += 1
+        with self._lock:
+            candidates = list(self._swept)
+        return sum(self._settle_logged(child) for child in candidates)
+
+    def _settle_logged(self, child: Child) -> bool:
+        try:
+            return self.settle(child)
+        except Exception:
+            # A failure to reap one child must not stop the thread that reaps all the others.
+            logger.exception("zombiereaper could not reap pid %d", child.pid)
+            return False
+
+    def _run_callbacks(self) -> None:
+        while self._callbacks:
+            callback = self._callbacks.popleft()
+            try:
+                callback()
+            except Exception:
+                logger.exception("zombiereaper callback failed")
+
+    def _start(self) -> None:
+        self._thread.start()
+
+    def _stop(self) -> None:
+        self._stopping = True
+        _sighandler.wake()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        # Stopped from its own thread (an on_exit that uninstalls), the loop ends after this
+        # callback; either way the thread closes its epoll descriptor on the way out.
+
+    def _close(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+
+    def _abandon_after_fork(self) -> None:
+        """Close what the forked child inherited; no lock is taken (another thread may own it)."""
+        for child in [*self._by_fd.values(), *self._swept]:
+            notifier = child._notifier
+            if notifier is not None:
+                try:
+                    notifier.close()
+                except OSError:
+                    pass
+        try:
+            self._close()
+        except OSError:
+            pass
+
+
+class _Running:
+    """The marker for "the child has not exited yet"."""
+
+
+_RUNNING: Final = _Running()
+
+
+def _read_exit(child: Child) -> ExitStatus | _Running | None:
+    """Reap ``child`` if it exited: its status, _RUNNING, or None when another reaper took it."""
+    notifier = child._notifier
+    assert notifier is not None
+    popen = child.popen
+    if not notifier.can_peek:
+        return _poll_without_peek(child)
+    try:
+        raw = notifier.peek()
+    except ChildProcessError:
+        # Somebody reaped it before us: its Popen.wait(), or a stranger's waitpid(-1).
+        return _status_from_owner(child.pid, popen)
+    if raw is None:
+        return _RUNNING
+    # The exit is read before it is reaped (WNOWAIT), so the record keeps the core-dump bit even
+    # though Popen, which reaps it next, would only keep a return code.
+    status = decode_wait_status(child.pid, raw)
+    if popen is not None:
+        # Reaping through Popen's own locking is what keeps a concurrent popen.wait() from
+        # seeing ECHILD, which it would report as 0 (bpo-15756). The child is a zombie now,
+        # so this returns at once.
+        popen.wait()
+    else:
+        notifier.reap()
+    return status
+
+
+def _poll_without_peek(child: Child) -> ExitStatus | _Running | None:
+    notifier = child._notifier
+    assert notifier is not None
+    if child.popen is not None:
+        returncode = child.popen.poll()
+        if returncode is None:
+            return _RUNNING
+        return ExitStatus.from_returncode(child.pid, returncode)
+    raw = notifier.reap()
+    return _RUNNING if raw is None else decode_wait_status(child.pid, raw)
+
+
+def _status_from_owner(pid: int, popen: subprocess.Popen[Any] | None) -> ExitStatus | None:
+    """The status that the owner's own wait recorded, or None when a stranger took it."""
+    if popen is None:
+        return None
+    lock = getattr(popen, "_waitpid_lock", None)
+    if lock is None:
+        returncode = popen.returncode
+    else:
+        # Popen sets returncode under this lock right after its waitpid; holding it means a
+        # wait in progress in another thread has finished.
+        with lock:
+            returncode = popen.returncode
+    if returncode is None:
+        return None
+    return ExitStatus.from_returncode(pid, returncode)
+
+
+# --- the process-wide engine ------------------------------------------------------------------
+
+_engine: Engine | None = None
+_engine_lock = threading.Lock()
+_installed_reapers: weakref.WeakSet[Reaper] = weakref.WeakSet()
+
+
+def acquire(reaper: Reaper) -> Engine:
+    """Count ``reaper`` as a user of the engine, starting the thread for the first one."""
+    global _engine
+    with _engine_lock:
+        _sighandler.check_disposition()
+        if _sighandler.is_main_thread():
+            _sighandler.install()
+        engine = _engine
+        if engine is None:
+            engine = _engine = Engine()
+            engine._start()
+        engine._users += 1
+        _installed_reapers.add(reaper)
+        return engine
+
+
+def release(reaper: Reaper) -> None:
+    """Stop counting ``reaper``; the last one stops the thread and restores the handler."""
+    global _engine
+    with _engine_lock:
+        _installed_reapers.discard(reaper)
+        engine = _engine
+        if engine is None:
+            return
+        engine._users -= 1
+        if engine._users > 0:
+            return
+        _engine = None
+        if _sighandler.is_main_thread():
+            _sighandler.uninstall()
+        # Else the handler stays, inert but for chaining, until a Reaper is installed or
+        # uninstalled from the main thread again: only the main thread may set handlers.
+    engine._stop()
+
+
+def current() -> Engine | None:
+    """The running engine, if any Reaper is installed."""
+    return _engine
+
+
+def _reset_after_fork() -> None:
+    global _engine, _engine_lock
+    # The reaping thread does not exist in the child, and its locks may have been held at the
+    # fork: replace them rather than take them (uvicorn #894: inherited reaper state).
+    _engine_lock = threading.Lock()
+    engine, _engine = _engine, None
+    reapers = list(_installed_reapers)
+    _installed_reapers.clear()
+    for reaper in reapers:
+        reaper._reset_after_fork()
+    if engine is not None:
+        engine._abandon_after_fork()
+    _sighandler.reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)

@@ -1,0 +1,63 @@
+"""The library's errors: one root, and specific errors that also subclass the nearest builtin."""
+
+from __future__ import annotations
+
+
+class ReaperError(Exception):
+    """The root of every error that zombiereaper raises itself."""
+
+
+class NotInstalledError(ReaperError, RuntimeError):
+    """A Reaper was asked to start or adopt a child while it is not installed."""
+
+
+class NotOurChildError(ReaperError, ChildProcessError):
+    """A pid is not a child that this Reaper owns (or its record has left the history).
+
+    Attributes:
+        pid: The pid that was asked about.
+    """
+
+    def __init__(self, pid: int, message: str) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class WaitTimeout(ReaperError, TimeoutError):
+    """A child did not exit within the time a wait allowed.
+
+    Attributes:
+        pid: The child that is still running.
+        timeout: The number of seconds that the wait allowed.
+    """
+
+    def __init__(self, pid: int, timeout: float) -> None:
+        super().__init__(
+            f"pid {pid} was still running after {timeout:g} s; wait again, or stop it with "
+            "child.stop() (SIGTERM, then SIGKILL)"
+        )
+        self.pid = pid
+        self.timeout = timeout
+
+
+class StatusLostError(ReaperError, ChildProcessError):
+    """Other code reaped the child with a blanket wait, so its exit status cannot be known.
+
+    zombiereaper reports this instead of inventing a status, as ``subprocess`` (0), asyncio (255)
+    and ``multiprocessing`` (None) do in the same situation.
+
+    Attributes:
+        pid: The child whose status was taken.
+    """
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(
+            f"pid {pid} was reaped by other code (a waitpid(-1) loop or SIGCHLD set to SIG_IGN?) "
+            "before its exit status could be read; remove that reaper, it steals every child's "
+            "status"
+        )
+        self.pid = pid
+
+
+class BackendUnavailableError(ReaperError, OSError):
+    """The backend that was asked for cannot run on this system."""

@@ -1,0 +1,347 @@
+"""Reaper: the public front of the library."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
+
+from . import _engine
+from ._backends import BackendName, resolve_backend
+from ._child import Child
+from ._errors import NotInstalledError, NotOurChildError, ReaperError
+from ._registry import Registry
+from ._status import ExitStatus
+
+if TYPE_CHECKING:
+    import os
+    from types import TracebackType
+
+logger = logging.getLogger("zombiereaper")
+
+Scope: TypeAlias = Literal["owned", "all"]
+_SCOPES: Final = ("owned",)
+
+_Arg: TypeAlias = "str | bytes | os.PathLike[str] | os.PathLike[bytes]"
+#: What ``subprocess.Popen`` takes as its first argument.
+Command: TypeAlias = "_Arg | Sequence[_Arg]"
+OnExit: TypeAlias = Callable[[ExitStatus], object]
+
+
+class Reaper:
+    """Reaps the children it starts as soon as they exit, and keeps a record of each exit.
+
+    A Reaper owns the children it spawns and reaps only those: children that ``subprocess``,
+    ``multiprocessing`` or asyncio start for other code keep their exact exit codes. Every
+    installed Reaper in the process shares one reaping thread.
+
+    Use it as a context manager, which installs it and, on the way out, stops every child it
+    spawned that still runs (SIGTERM, then SIGKILL after ``stop_timeout`` seconds)::
+
+        with Reaper() as reaper:
+            child = reaper.spawn(["sleep", "1"])
+            print(child.wait())
+
+    Args:
+        scope: ``"owned"`` (the default) reaps only the children this Reaper started.
+        history: How many exit records :attr:`registry` keeps; the oldest goes first.
+        on_exit: Called with each :class:`ExitStatus` on the reaping thread, once per reaped
+            child; an exception in it is logged to the ``zombiereaper`` logger.
+        stop_timeout: Seconds between SIGTERM and SIGKILL when children are stopped.
+        backend: ``"pidfd"``, ``"sigchld"``, or None to take pidfd where the system has it.
+
+    Raises:
+        ValueError: An argument is out of range or not one of the choices.
+        BackendUnavailableError: ``backend="pidfd"`` on a system without pidfds.
+    """
+
+    def __init__(
+        self,
+        *,
+        scope: Scope = "owned",
+        history: int = 10_000,
+        on_exit: OnExit | None = None,
+        stop_timeout: float = 5.0,
+        backend: BackendName | None = None,
+    ) -> None:
+        if scope not in _SCOPES:
+            raise ValueError(
+                f"scope must be 'owned' (the only scope this version has), got {scope!r}"
+            )
+        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
+            raise ValueError(f"history must be an int >= 0, got {history!r}")
+        if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, int | float):
+            raise ValueError(f"stop_timeout must be a number of seconds, got {stop_timeout!r}")
+        if not stop_timeout >= 0:
+            raise ValueError(f"stop_timeout must be >= 0 seconds, got {stop_timeout!r}")
+        if on_exit is not None and not callable(on_exit):
+            raise ValueError(f"on_exit must be callable or None, got {on_exit!r}")
+        self._scope: Scope = scope
+        self._backend: BackendName = resolve_backend(backend)
+        self._on_exit = on_exit
+        self._stop_timeout = float(stop_timeout)
+        self._registry = Registry(history)
+        self._lock = threading.Lock()
+        self._children: dict[int, Child] = {}
+        self._engine: _engine.Engine | None = None
+
+    # --- configuration and state --------------------------------------------------------------
+
+    @property
+    def scope(self) -> Scope:
+        """Which children this Reaper reaps."""
+        return self._scope
+
+    @property
+    def backend(self) -> BackendName:
+        """How this Reaper notices exits: ``"pidfd"`` or ``"sigchld"``."""
+        return self._backend
+
+    @property
+    def stop_timeout(self) -> float:
+        """Seconds between SIGTERM and SIGKILL when children are stopped."""
+        return self._stop_timeout
+
+    @property
+    def installed(self) -> bool:
+        """Whether the Reaper is installed (and can spawn)."""
+        return self._engine is not None
+
+    @property
+    def registry(self) -> Registry:
+        """Map pid -> latest :class:`ExitStatus`, read-only, bounded by ``history``, thread-safe."""
+        return self._registry
+
+    @property
+    def children(self) -> tuple[Child, ...]:
+        """The children this Reaper owns that have not been reaped yet."""
+        with self._lock:
+            return tuple(self._children.values())
+
+    # --- installing ---------------------------------------------------------------------------
+
+    def install(self) -> Self:
+        """Start reaping: join the process's reaping thread (starting it if needed).
+
+        From the main thread this also installs the SIGCHLD handler that wakes the thread,
+        chained to the handler that was there (and resets SIGCHLD from SIG_IGN, which would
+        discard every exit status). Any other thread may install too, without a handler.
+
+        Returns:
+            The Reaper itself, to chain: ``reaper = Reaper().install()``.
+
+        Raises:
+            ReaperError: Already installed; or SIGCHLD is SIG_IGN and this is not the main thread.
+        """
+        with self._lock:
+            if self._engine is not None:
+                raise ReaperError(
+                    "this Reaper is already installed; pair each install() with one uninstall()"
+                )
+            self._engine = _engine.acquire(self)
+        return self
+
+    def uninstall(self) -> None:
+        """Stop every child this Reaper still owns, reap them, and stop reaping.
+
+        Children get SIGTERM, then SIGKILL after ``stop_timeout`` seconds. Nothing this Reaper
+        spawned outlives the call, as a process or as a zombie. Does nothing when the Reaper
+        is not installed.
+
+        Warns:
+            RuntimeWarning: Some children ignored SIGTERM and were killed.
+        """
+        with self._lock:
+            engine = self._engine
+            if engine is None:
+                return
+            if threading.current_thread() is engine.thread and self._children:
+                raise ReaperError(
+                    "uninstall() cannot stop children from the reaping thread (from on_exit?); "
+                    "call it from another thread"
+                )
+            # Cleared under the lock so that a concurrent spawn() sees the Reaper as gone.
+            self._engine = None
+        try:
+            self._stop_children(engine)
+        finally:
+            _engine.release(self)
+
+    def __enter__(self) -> Self:
+        return self.install()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.uninstall()
+
+    def _stop_children(self, engine: _engine.Engine) -> None:
+        children = self.children
+        if not children:
+            return
+        for child in children:
+            child.terminate()
+        deadline = time.monotonic() + self._stop_timeout
+        for child in children:
+            child._done.wait(max(0.0, deadline - time.monotonic()))
+        stubborn = [child for child in children if not child._done.is_set()]
+        if stubborn:
+            warnings.warn(
+                f"{len(stubborn)} child(ren) still ran {self._stop_timeout:g} s after SIGTERM "
+                f"(pids {', '.join(str(child.pid) for child in stubborn)}); sent SIGKILL",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            for child in stubborn:
+                child.kill()
+            for child in stubborn:
+                child._done.wait()
+
+    # --- children -----------------------------------------------------------------------------
+
+    def spawn(self, args: Command, **popen_kwargs: Any) -> Child:
+        """Start a child through :class:`subprocess.Popen` and own it.
+
+        Every Popen keyword works (``cwd``, ``env``, ``stdin``/``stdout``/``stderr``,
+        ``pass_fds``, ``start_new_session``, ``process_group``...). The returned
+        :attr:`Child.popen` stays fully usable: ``popen.wait()`` and ``popen.returncode``
+        keep the real code even though the Reaper reaps the child.
+
+        Args:
+            args: The program and its arguments, as Popen takes them.
+            **popen_kwargs: Passed to :class:`subprocess.Popen` unchanged.
+
+        Returns:
+            The handle to the new child.
+
+        Raises:
+            NotInstalledError: The Reaper is not installed.
+            FileNotFoundError: The program does not exist (as Popen raises it).
+            PermissionError: The program cannot be executed (as Popen raises it).
+        """
+        if self._engine is None:
+            raise self._not_installed("spawn()")
+        popen: subprocess.Popen[Any] = subprocess.Popen(args, **popen_kwargs)
+        try:
+            return self._adopt(popen)
+        except BaseException:
+            # Nothing may be left behind: no process, no zombie, no record.
+            popen.kill()
+            popen.wait()
+            raise
+
+    def _adopt(self, popen: subprocess.Popen[Any]) -> Child:
+        with self._lock:
+            engine = self._engine
+            if engine is None:
+                raise self._not_installed("spawn()")
+            child = Child(self, engine, popen.pid, popen.args, popen)
+            # Listed before it is watched: the engine may reap it at once, and its exit must
+            # then find it here to remove it.
+            self._children[child.pid] = child
+        try:
+            engine.watch(child, self._backend)
+        except BaseException:
+            with self._lock:
+                self._children.pop(child.pid, None)
+            raise
+        return child
+
+    def _not_installed(self, what: str) -> NotInstalledError:
+        return NotInstalledError(
+            f"{what} needs an installed Reaper: use `with Reaper() as reaper:` or call "
+            "reaper.install() first"
+        )
+
+    def wait(self, pid: int, timeout: float | None = None) -> ExitStatus:
+        """Wait for the child ``pid`` that this Reaper owns and return its exit status.
+
+        Args:
+            pid: A pid that this Reaper spawned.
+            timeout: Seconds to wait at most; None waits as long as it takes.
+
+        Raises:
+            NotOurChildError: This Reaper does not own ``pid`` (or its record left the history).
+            WaitTimeout: The child still ran after ``timeout`` seconds (a TimeoutError).
+        """
+        with self._lock:
+            child = self._children.get(pid)
+        if child is not None:
+            return child.wait(timeout)
+        status = self._registry.get(pid)
+        if status is not None:
+            return status
+        raise NotOurChildError(
+            pid,
+            f"pid {pid} is not a child of this Reaper, or its record has left the history "
+            f"(history={self._registry.history}); only children started with this Reaper's "
+            "spawn() can be waited for here",
+        )
+
+    def status(self, pid: int) -> ExitStatus | None:
+        """The latest exit recorded for ``pid``, or None (still running, or never ours)."""
+        return self._registry.get(pid)
+
+    def reap(self) -> list[ExitStatus]:
+        """Reap, right now and without blocking, every owned child that has exited.
+
+        The reaping thread does this by itself; call it to be sure that an exit you know has
+        happened is recorded before you go on.
+
+        Returns:
+            The statuses recorded by this call (not those the thread had recorded already).
+        """
+        engine = self._engine
+        if engine is None:
+            return []
+        reaped: list[ExitStatus] = []
+        for child in self.children:
+            if engine.settle(child) and child.status is not None:
+                reaped.append(child.status)
+        return reaped
+
+    # --- called by the engine ---------------------------------------------------------------
+
+    def _child_exited(self, child: Child, status: ExitStatus | None) -> None:
+        if status is not None:
+            # Recorded before the child leaves the live set, so wait(pid) always finds it.
+            self._registry._record(status)
+        with self._lock:
+            if self._children.get(child.pid) is child:
+                del self._children[child.pid]
+        if status is None:
+            logger.warning(
+                "pid %d was reaped by other code before zombiereaper could read its exit status",
+                child.pid,
+            )
+            return
+        on_exit = self._on_exit
+        if on_exit is not None:
+            child._engine.call_soon(lambda: self._call_on_exit(on_exit, status))
+
+    def _call_on_exit(self, on_exit: OnExit, status: ExitStatus) -> None:
+        try:
+            on_exit(status)
+        except Exception:
+            logger.exception("on_exit callback %r failed for %s", on_exit, status)
+
+    def _reset_after_fork(self) -> None:
+        """Forget the parent's state in a forked child: its children are not ours here."""
+        self._lock = threading.Lock()
+        self._engine = None
+        self._children = {}
+        self._registry = Registry(self._registry.history)
+
+    def __repr__(self) -> str:
+        state = "installed" if self.installed else "not installed"
+        return (
+            f"<Reaper scope={self._scope} backend={self._backend} {state} "
+            f"children={len(self._children)} recorded={len(self._registry)}>"
+        )

@@ -1,0 +1,157 @@
+"""The process-wide wakeup pipe and the SIGCHLD handler that only writes to it.
+
+The handler does nothing but write one byte and chain to the handler that was there before:
+no waitpid, no logging, no locks (gunicorn deadlocked logging in its handler, #2564). Python
+runs handlers only in the main thread between bytecodes, so reaping never depends on it: the
+pidfd backend needs no signal at all, and the sigchld backend also sweeps on a timer.
+
+The pipe lives as long as the process: closing it while the main thread may be about to run
+the handler could let the handler write into a descriptor that has meanwhile been reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ReaperError
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+logger = logging.getLogger("zombiereaper")
+
+_HandlerType = Any  # what signal.getsignal returns: a callable, SIG_DFL, SIG_IGN or None
+
+_lock = threading.Lock()
+_wake_read = -1
+_wake_write = -1
+_previous: _HandlerType = None
+_ours_installed = False
+
+
+def wakeup_fds() -> tuple[int, int]:
+    """Return the (read, write) ends of the wakeup pipe, creating it on first use."""
+    global _wake_read, _wake_write
+    with _lock:
+        if _wake_read < 0:
+            read_end, write_end = os.pipe()
+            for fd in (read_end, write_end):
+                os.set_blocking(fd, False)
+                os.set_inheritable(fd, False)
+            _wake_read, _wake_write = read_end, write_end
+        return _wake_read, _wake_write
+
+
+def wake() -> None:
+    """Wake the reaping thread (safe from any thread and from a signal handler)."""
+    fd = _wake_write
+    if fd >= 0:
+        try:
+            os.write(fd, b"\0")
+        except OSError:
+            # BlockingIOError: the pipe is full, so a wakeup is already pending (cpython #74224).
+            pass
+
+
+def drain(fd: int) -> None:
+    """Read every pending wakeup byte from the pipe's read end."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _on_sigchld(signum: int, frame: FrameType | None) -> None:
+    wake()
+    previous = _previous
+    if callable(previous):
+        previous(signum, frame)
+
+
+def is_main_thread() -> bool:
+    """Whether the caller runs in the main thread, the only one that may set signal handlers."""
+    return threading.current_thread() is threading.main_thread()
+
+
+def check_disposition() -> None:
+    """Refuse to run where SIGCHLD is ignored and the handler cannot be installed to fix it.
+
+    Raises:
+        ReaperError: SIGCHLD is SIG_IGN (the kernel then discards every exit status) and the
+            caller is not the main thread.
+    """
+    if not is_main_thread() and signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+        raise ReaperError(
+            "SIGCHLD is set to SIG_IGN, so the kernel discards every child's exit status; "
+            "install the first Reaper from the main thread (it resets SIGCHLD), or call "
+            "signal.signal(signal.SIGCHLD, signal.SIG_DFL) from the main thread first"
+        )
+
+
+def install() -> None:
+    """Put our handler in front of the current one (main thread only; idempotent)."""
+    global _previous, _ours_installed
+    current = signal.getsignal(signal.SIGCHLD)
+    if current is _on_sigchld:
+        _ours_installed = True
+        return
+    if current == signal.SIG_IGN:
+        # SIG_IGN makes the kernel reap every child at exit and discard its status; the setting
+        # even survives exec (Popen would then report 0 for everything).
+        logger.warning(
+            "SIGCHLD was set to SIG_IGN, which discards every exit status; zombiereaper replaced "
+            "it with its own handler and will restore SIG_IGN when the last Reaper is uninstalled"
+        )
+    _previous = current
+    signal.signal(signal.SIGCHLD, _on_sigchld)
+    _ours_installed = True
+
+
+def uninstall() -> None:
+    """Restore the handler that was there before ours, unless other code replaced ours since.
+
+    Main thread only; does nothing when our handler is not installed.
+    """
+    global _previous, _ours_installed
+    if not _ours_installed:
+        return
+    if signal.getsignal(signal.SIGCHLD) is _on_sigchld:
+        # None means the previous handler was not installed from Python: SIG_DFL is the best
+        # approximation that Python can express.
+        previous = _previous if _previous is not None else signal.SIG_DFL
+        signal.signal(signal.SIGCHLD, previous)
+    _previous = None
+    _ours_installed = False
+
+
+def is_installed() -> bool:
+    """Whether our handler is currently installed by us."""
+    return _ours_installed
+
+
+def reset_after_fork() -> None:
+    """Make the inherited handler and pipe inert in a forked child (runs in the child)."""
+    global _wake_read, _wake_write, _lock
+    old = (_wake_read, _wake_write)
+    # Order matters: the handler runs in this same thread between bytecodes, so once the
+    # write end is -1 it can no longer touch the pipe we are about to close.
+    _wake_write = -1
+    _wake_read = -1
+    _lock = threading.Lock()
+    for fd in old:
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    if _ours_installed:
+        try:
+            uninstall()
+        except ValueError:
+            # Forked from a thread that Python does not treat as main: leave the inert handler.
+            pass

@@ -1,0 +1,160 @@
+"""ExitStatus, the immutable record of one reaped child, and the decoding of raw wait statuses."""
+
+from __future__ import annotations
+
+import os
+import signal as _signal
+from dataclasses import dataclass
+from typing import Final
+
+# The "core dumped" bit of a wait status word, as WCOREDUMP tests it on Linux and the BSDs.
+_CORE_FLAG: Final = 0x80
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ExitStatus:
+    """How one child ended: an immutable record, decoded from the kernel's wait status.
+
+    Build one with :func:`decode_wait_status` (from a raw ``waitpid`` status word) or
+    :meth:`from_returncode`; every other attribute is derived from ``wait_status``.
+
+    Attributes:
+        pid: The pid that the child had.
+        wait_status: The raw status word, as ``os.waitpid`` returns it.
+    """
+
+    pid: int
+    wait_status: int
+
+    @classmethod
+    def from_returncode(cls, pid: int, returncode: int) -> ExitStatus:
+        """Build the record from a ``subprocess``-style return code (-N for signal N).
+
+        Used when another waiter (a ``Popen.wait()``) reaped the child first and only its
+        return code is left; such a record never says ``core_dumped``.
+
+        Raises:
+            ValueError: ``returncode`` is outside -127..255, or is 0 - N for no signal.
+        """
+        if not -127 <= returncode <= 255 or returncode == -127:
+            raise ValueError(
+                f"returncode must be an exit code 0..255 or a signal -1..-126, got {returncode}"
+            )
+        raw = -returncode if returncode < 0 else returncode << 8
+        return cls(pid, raw)
+
+    @property
+    def exit_code(self) -> int | None:
+        """The code the child passed to ``exit()``, or None when a signal killed it."""
+        if os.WIFEXITED(self.wait_status):
+            return os.WEXITSTATUS(self.wait_status)
+        return None
+
+    @property
+    def signal_number(self) -> int | None:
+        """The number of the signal that killed the child, or None when it exited by itself."""
+        if os.WIFSIGNALED(self.wait_status):
+            return os.WTERMSIG(self.wait_status)
+        return None
+
+    @property
+    def signal(self) -> _signal.Signals | None:
+        """The signal that killed the child, or None when it exited by itself.
+
+        A real-time signal that the :class:`signal.Signals` enum does not name (SIGRTMIN + 3,
+        say) gives None here too; :attr:`signal_number` always has the number.
+        """
+        number = self.signal_number
+        if number is None:
+            return None
+        try:
+            return _signal.Signals(number)
+        except ValueError:
+            return None
+
+    @property
+    def core_dumped(self) -> bool:
+        """Whether the kernel wrote a core dump when the signal killed the child."""
+        return os.WIFSIGNALED(self.wait_status) and bool(self.wait_status & _CORE_FLAG)
+
+    @property
+    def returncode(self) -> int:
+        """The ``subprocess`` convention: the exit code, or -N when signal N killed the child."""
+        number = self.signal_number
+        if number is not None:
+            return -number
+        return os.WEXITSTATUS(self.wait_status)
+
+    @property
+    def shell_code(self) -> int:
+        """The shell convention, as ``$?``, tini and dumb-init report it: the code, or 128 + N."""
+        number = self.signal_number
+        if number is not None:
+            return 128 + number
+        return os.WEXITSTATUS(self.wait_status)
+
+    @property
+    def success(self) -> bool:
+        """True when the child exited with code 0."""
+        return self.returncode == 0
+
+    @property
+    def outcome(self) -> str:
+        """How the child ended, in words: ``"exited with code 3"``, ``"killed by SIGKILL"``."""
+        number = self.signal_number
+        if number is None:
+            return f"exited with code {self.returncode}"
+        sig = self.signal
+        name = sig.name if sig is not None else f"signal {number}"
+        dumped = " (core dumped)" if self.core_dumped else ""
+        return f"killed by {name}{dumped}"
+
+    def describe(self) -> str:
+        """Say in words how the child ended: ``"pid 1234 killed by SIGKILL"``."""
+        return f"pid {self.pid} {self.outcome}"
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def __repr__(self) -> str:
+        return f"<ExitStatus {self.describe()}>"
+
+
+def decode_wait_status(pid: int, wait_status: int) -> ExitStatus:
+    """Decode a raw status word from ``os.waitpid`` into an :class:`ExitStatus`.
+
+    Args:
+        pid: The child the status belongs to.
+        wait_status: The status word; it must describe an exit or a fatal signal.
+
+    Returns:
+        The decoded record.
+
+    Raises:
+        ValueError: The word describes a stopped or continued child, or is out of range.
+    """
+    if not 0 <= wait_status <= 0xFFFF:
+        raise ValueError(f"a wait status is a 16-bit word, got {wait_status}")
+    if os.WIFEXITED(wait_status) and not wait_status & 0xFF:
+        return ExitStatus(pid, wait_status)
+    if os.WIFSIGNALED(wait_status):
+        return ExitStatus(pid, wait_status)
+    raise ValueError(
+        f"wait status {wait_status:#x} is not an exit or a fatal signal (a stopped or continued "
+        "child?); only statuses from a WEXITED wait can be decoded"
+    )
+
+
+def wait_status_from_waitid(si_code: int, si_status: int) -> int:
+    """Rebuild the ``waitpid`` status word from the fields of an ``os.waitid`` result.
+
+    Raises:
+        ValueError: ``si_code`` is not an exit (CLD_EXITED, CLD_KILLED or CLD_DUMPED).
+    """
+    if si_code == os.CLD_EXITED:
+        return (si_status & 0xFF) << 8
+    if si_code == os.CLD_KILLED:
+        return si_status & 0x7F
+    if si_code == os.CLD_DUMPED:
+        return (si_status & 0x7F) | _CORE_FLAG
+    raise ValueError(f"waitid si_code {si_code} is not an exit")
