@@ -137,7 +137,7 @@ def decode_wait_status(pid: int, wait_status: int) -> ExitStatus:
         raise ValueError(f"a wait status is a 16-bit word, got {wait_status}")
     if os.WIFEXITED(wait_status) and not wait_status & 0xFF:
         return ExitStatus(pid, wait_status)
-    if os.WIFSIGNALED(wait_status):
+    if os.WIFSIGNALED(wait_status) and not wait_status & 0xFF00:
         return ExitStatus(pid, wait_status)
     raise ValueError(
         f"wait status {wait_status:#x} is not an exit or a fatal signal (a stopped or continued "

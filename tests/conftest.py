@@ -1,0 +1,80 @@
+"""Fixtures: both backends, and a guard that fails any test leaving a zombie or a child behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from zombiereaper import _engine, _sighandler
+
+from .helpers import BACKENDS, eventually
+
+# Started once by multiprocessing and kept for the rest of the run, by design.
+_LONG_LIVED_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+
+
+def _is_long_lived_helper(proc: psutil.Process) -> bool:
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+    return any(name in cmdline for name in _LONG_LIVED_HELPERS)
+
+
+def _leftovers(before: set[int]) -> list[psutil.Process]:
+    left = []
+    for proc in psutil.Process().children(recursive=True):
+        if proc.pid in before or _is_long_lived_helper(proc):
+            continue
+        left.append(proc)
+    return left
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        return f"pid {proc.pid} ({proc.status()}): {' '.join(proc.cmdline()) or proc.name()}"
+    except psutil.Error:
+        return f"pid {proc.pid} (gone)"
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_children() -> Iterator[None]:
+    """Fail the test if it leaves a zombie, a running child, a Reaper or our handler behind."""
+    before = {proc.pid for proc in psutil.Process().children(recursive=True)}
+    handler_before = signal.getsignal(signal.SIGCHLD)
+    yield
+    problems: list[str] = []
+    try:
+        eventually(lambda: not _leftovers(before), timeout=3.0, what="children to be gone")
+    except AssertionError:
+        for proc in _leftovers(before):
+            problems.append("left behind: " + _describe(proc))
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+            try:
+                os.waitpid(proc.pid, 0)
+            except ChildProcessError:
+                pass
+    if _engine.current() is not None:
+        problems.append("a Reaper was left installed")
+    if signal.getsignal(signal.SIGCHLD) is not handler_before:
+        problems.append(
+            f"SIGCHLD handler changed: {handler_before!r} -> {signal.getsignal(signal.SIGCHLD)!r}"
+        )
+        signal.signal(signal.SIGCHLD, handler_before)
+    if _sighandler.is_installed() and _engine.current() is None:
+        _sighandler.uninstall()
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each backend that this machine can run."""
+    return str(request.param)

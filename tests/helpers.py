@@ -1,0 +1,85 @@
+"""Shared helpers for the tests: children described exactly, and deadlines instead of sleeps."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import psutil
+
+from zombiereaper import can_use_pidfd
+
+T = TypeVar("T")
+
+BACKENDS = ("pidfd", "sigchld") if can_use_pidfd() else ("sigchld",)
+HAS_PIDFD = can_use_pidfd()
+
+PY = sys.executable
+
+
+def sh(script: str) -> list[str]:
+    """A child that runs ``script`` in /bin/sh, without core dumps."""
+    return ["/bin/sh", "-c", f"ulimit -c 0; {script}"]
+
+
+def py(code: str) -> list[str]:
+    """A child that runs ``code`` in this Python."""
+    return [PY, "-c", code]
+
+
+def eventually(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def zombie_children() -> list[psutil.Process]:
+    """Direct children of this process that are zombies."""
+    found = []
+    for proc in psutil.Process().children():
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def is_zombie_or_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie, or no longer there)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def read_line(stream: object, timeout: float = 10.0) -> str:
+    """Read one line from a child's pipe, failing after ``timeout`` seconds."""
+    import select
+
+    fileno = stream.fileno()  # type: ignore[attr-defined]
+    ready, _, _ = select.select([fileno], [], [], timeout)
+    if not ready:
+        raise AssertionError(f"no line from the child within {timeout} s")
+    line = stream.readline()  # type: ignore[attr-defined]
+    return line.decode() if isinstance(line, bytes) else str(line)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not is_zombie_or_gone(pid)
