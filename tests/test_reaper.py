@@ -85,8 +85,9 @@ def test_popen_keywords_pass_through(tmp_path: Path, backend: str) -> None:
             assert out.strip() == f"{tmp_path}|yes|True"
             assert os.read(read_end, 100) == b"fd ok"
             assert child.wait(10).success
-            grouped = reaper.spawn(py("import os; print(os.getpgid(0))"), process_group=0,
-                                   stdout=subprocess.PIPE)
+            grouped = reaper.spawn(
+                py("import os; print(os.getpgid(0))"), process_group=0, stdout=subprocess.PIPE
+            )
             assert int(read_line(grouped.popen.stdout)) == grouped.pid  # type: ignore[union-attr]
             grouped.wait(10)
             grouped.popen.stdout.close()  # type: ignore[union-attr]
@@ -172,8 +173,10 @@ def test_stop_escalates_to_sigkill_for_a_child_that_ignores_sigterm(backend: str
     """stop() sends SIGTERM, then SIGKILL after the timeout, warns, and reaps."""
     with Reaper(backend=backend) as reaper:  # type: ignore[arg-type]
         child = reaper.spawn(
-            py("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-               "print('ready', flush=True); time.sleep(60)"),
+            py(
+                "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+                "print('ready', flush=True); time.sleep(60)"
+            ),
             stdout=subprocess.PIPE,
         )
         assert read_line(child.popen.stdout) == "ready\n"  # type: ignore[union-attr]
@@ -197,8 +200,10 @@ def test_leaving_the_with_block_stops_every_child(backend: str) -> None:
         with Reaper(backend=backend, stop_timeout=0.2) as reaper:  # type: ignore[arg-type]
             sleepers = [reaper.spawn(sh("exec sleep 30")) for _ in range(5)]
             stubborn = reaper.spawn(
-                py("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-                   "print('ready', flush=True); time.sleep(60)"),
+                py(
+                    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+                    "print('ready', flush=True); time.sleep(60)"
+                ),
                 stdout=subprocess.PIPE,
             )
             assert read_line(stubborn.popen.stdout) == "ready\n"  # type: ignore[union-attr]
@@ -236,9 +241,11 @@ def test_signals_reach_a_running_child(backend: str) -> None:
     """send_signal delivers the signal to the child that is still running."""
     with Reaper(backend=backend) as reaper:  # type: ignore[arg-type]
         child = reaper.spawn(
-            py("import signal, sys;"
-               "signal.signal(signal.SIGUSR1, lambda *a: sys.exit(42));"
-               "print('ready', flush=True); signal.pause()"),
+            py(
+                "import signal, sys;"
+                "signal.signal(signal.SIGUSR1, lambda *a: sys.exit(42));"
+                "print('ready', flush=True); signal.pause()"
+            ),
             stdout=subprocess.PIPE,
         )
         assert read_line(child.popen.stdout) == "ready\n"  # type: ignore[union-attr]
@@ -260,9 +267,7 @@ def test_popen_wait_by_the_owner_keeps_the_real_code(backend: str) -> None:
 def test_owner_waiting_first_still_gives_the_child_its_status(backend: str) -> None:
     """When popen.wait() reaps before the engine notices, Child and registry still get the code."""
     with Reaper(backend=backend) as reaper:  # type: ignore[arg-type]
-        child = reaper.spawn(
-            py("import sys; sys.stdin.read(); sys.exit(9)"), stdin=subprocess.PIPE
-        )
+        child = reaper.spawn(py("import sys; sys.stdin.read(); sys.exit(9)"), stdin=subprocess.PIPE)
         popen = child.popen
         assert popen is not None
         waiter_result: list[int] = []
@@ -445,11 +450,17 @@ def test_bad_arguments_are_refused_with_clear_errors() -> None:
         Reaper(on_exit=42)  # type: ignore[arg-type]
 
 
-@pytest.mark.skipif(can_use_pidfd(), reason="this machine has pidfds")
-def test_forcing_pidfd_where_it_is_missing_says_what_to_use() -> None:  # pragma: no cover
-    """backend='pidfd' without pidfd support raises BackendUnavailableError."""
-    with pytest.raises(BackendUnavailableError, match="sigchld"):
+def test_forcing_pidfd_where_it_is_missing_says_what_to_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without pidfd support, backend='pidfd' raises naming the fix and None picks sigchld."""
+    from zombiereaper._backends import pidfd
+
+    monkeypatch.setattr(pidfd, "is_available", lambda: False)
+    assert not can_use_pidfd()
+    with pytest.raises(BackendUnavailableError, match="backend='sigchld'"):
         Reaper(backend="pidfd")
+    assert Reaper().backend == "sigchld"
 
 
 def test_reprs_tell_the_state(backend: str) -> None:
@@ -473,7 +484,7 @@ def test_no_python_runs_in_the_child_between_fork_and_exec() -> None:
 def test_no_signal_call_is_made_for_a_reaped_child(
     backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Once reaped, a Child issues no kill() or pidfd_send_signal() at all: its pid may be reused."""
+    """Once reaped, a Child makes no kill() or pidfd_send_signal() call: its pid may be reused."""
     calls: list[tuple[int, int]] = []
     real_kill, real_pidfd_send = os.kill, signal.pidfd_send_signal
 

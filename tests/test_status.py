@@ -105,8 +105,12 @@ def test_repr_and_str_read_as_sentences() -> None:
     """repr and str say what happened in words."""
     assert str(decode_wait_status(1234, 3 << 8)) == "pid 1234 exited with code 3"
     assert str(decode_wait_status(1234, signal.SIGKILL)) == "pid 1234 killed by SIGKILL"
-    assert repr(decode_wait_status(1234, signal.SIGKILL)) == "<ExitStatus pid 1234 killed by SIGKILL>"
-    assert str(decode_wait_status(7, signal.SIGSEGV | 0x80)) == "pid 7 killed by SIGSEGV (core dumped)"
+    assert (
+        repr(decode_wait_status(1234, signal.SIGKILL)) == "<ExitStatus pid 1234 killed by SIGKILL>"
+    )
+    assert (
+        str(decode_wait_status(7, signal.SIGSEGV | 0x80)) == "pid 7 killed by SIGSEGV (core dumped)"
+    )
     assert str(decode_wait_status(7, 40)) == "pid 7 killed by signal 40"
 
 

@@ -1,0 +1,83 @@
+"""Sessions: the test suite on every CPython >= 3.11 found here, ruff, mypy and the docs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = False
+nox.options.error_on_missing_interpreters = True
+
+CANDIDATES = [f"3.{minor}" for minor in range(11, 16)]
+
+
+def _expose_pyenv_versions() -> None:
+    """Let pyenv's shims answer for every installed CPython, not just the global one."""
+    pyenv = shutil.which("pyenv")
+    if pyenv is None or os.environ.get("PYENV_VERSION"):
+        return
+    listed = subprocess.run(
+        [pyenv, "versions", "--bare"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    wanted = [v for v in listed if any(v == c or v.startswith(c + ".") for c in CANDIDATES)]
+    current = subprocess.run(
+        [pyenv, "version-name"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    ordered = [current] + [v for v in wanted if v != current] if current in wanted else wanted
+    if ordered:
+        os.environ["PYENV_VERSION"] = ":".join(ordered)
+
+
+def _available_pythons() -> list[str]:
+    _expose_pyenv_versions()
+    found = []
+    for version in CANDIDATES:
+        exe = shutil.which(f"python{version}")
+        if (
+            exe
+            and subprocess.run([exe, "-c", ""], capture_output=True, check=False).returncode == 0
+        ):
+            found.append(version)
+    return found
+
+
+PYTHONS = _available_pythons() or ["3.11"]
+ROOT = Path(__file__).parent
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Run the test suite, warnings as errors (3.12's fork-in-threads warning included)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-W", "error", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=PYTHONS[0])
+def lint(session: nox.Session) -> None:
+    """Check lint and formatting with ruff."""
+    session.install("ruff>=0.4")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHONS[0])
+def typecheck(session: nox.Session) -> None:
+    """Type-check the package with mypy --strict."""
+    session.install("-e", ".", "mypy>=1.8")
+    session.run("mypy", "--strict", "zombiereaper")
+
+
+@nox.session(python=PYTHONS[0])
+def docs(session: nox.Session) -> None:
+    """Build the documentation, warnings as errors."""
+    session.install("-e", ".[docs]")
+    build = ROOT / "docs" / "_build"
+    shutil.rmtree(build, ignore_errors=True)
+    session.run(
+        "python", "-m", "sphinx", "-W", "--keep-going", "-b", "html", "docs", str(build / "html")
+    )

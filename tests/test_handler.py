@@ -1,0 +1,188 @@
+"""The SIGCHLD handler: it only wakes the thread, chains, restores, and reaping never needs it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from types import FrameType
+
+import pytest
+
+from zombiereaper import ExitStatus, Reaper, ReaperError, _engine, _sighandler
+
+from .helpers import HAS_PIDFD, eventually, read_line, sh
+
+
+class CountingHandler:
+    """A previous SIGCHLD handler that counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.calls += 1
+
+
+@pytest.fixture
+def counting_handler() -> object:
+    handler = CountingHandler()
+    previous = signal.signal(signal.SIGCHLD, handler)
+    yield handler
+    signal.signal(signal.SIGCHLD, previous)
+
+
+def test_handler_is_installed_chained_and_restored(counting_handler: CountingHandler) -> None:
+    """The first Reaper installs our handler in front of the old one; the last restores it."""
+    first = Reaper().install()
+    assert signal.getsignal(signal.SIGCHLD) is _sighandler._on_sigchld
+    second = Reaper().install()
+    calls_before = counting_handler.calls
+    first.spawn(sh("exit 0")).wait(10)
+    eventually(lambda: counting_handler.calls > calls_before, what="the old handler to be called")
+    first.uninstall()
+    assert signal.getsignal(signal.SIGCHLD) is _sighandler._on_sigchld
+    second.uninstall()
+    assert signal.getsignal(signal.SIGCHLD) is counting_handler
+
+
+def test_a_handler_installed_over_ours_is_left_in_place() -> None:
+    """If other code replaces our handler, uninstall leaves theirs."""
+    theirs = CountingHandler()
+    original = signal.getsignal(signal.SIGCHLD)
+    reaper = Reaper().install()
+    try:
+        signal.signal(signal.SIGCHLD, theirs)
+    finally:
+        reaper.uninstall()
+    try:
+        assert signal.getsignal(signal.SIGCHLD) is theirs
+    finally:
+        signal.signal(signal.SIGCHLD, original)
+
+
+def test_sig_ign_is_reset_while_installed_and_restored_after(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SIGCHLD=SIG_IGN (kernel auto-reaping) is replaced on install, logged, and restored after."""
+    original = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        with caplog.at_level(logging.WARNING, logger="zombiereaper"), Reaper() as reaper:
+            assert signal.getsignal(signal.SIGCHLD) is _sighandler._on_sigchld
+            assert reaper.spawn(sh("exit 9")).wait(10).returncode == 9
+            # Other code's children get real codes again too, instead of Popen's 0.
+            assert subprocess.run(sh("exit 4"), check=False).returncode == 4
+        assert "SIG_IGN" in caplog.text
+        assert signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGCHLD, original)
+
+
+def test_sig_ign_from_a_thread_is_refused_with_the_fix() -> None:
+    """Installing from a non-main thread while SIGCHLD is SIG_IGN raises and says what to do."""
+    original = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            Reaper().install().uninstall()
+        except ReaperError as err:
+            errors.append(err)
+
+    try:
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join(10)
+    finally:
+        signal.signal(signal.SIGCHLD, original)
+    assert errors and "main thread" in str(errors[0])
+    assert _engine.current() is None
+
+
+def test_exit_is_recorded_while_the_main_thread_sits_in_a_long_c_call(
+    backend: str, counting_handler: CountingHandler
+) -> None:
+    """With the main thread blocked in sigtimedwait (no Python handler runs), exits are recorded."""
+    main_ident = threading.main_thread().ident
+    assert main_ident is not None
+    heard: list[ExitStatus] = []
+
+    def on_exit(status: ExitStatus) -> None:
+        heard.append(status)
+        signal.pthread_kill(main_ident, signal.SIGUSR1)
+
+    blocked = {signal.SIGCHLD, signal.SIGUSR1}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        with Reaper(backend=backend, on_exit=on_exit) as reaper:  # type: ignore[arg-type]
+            calls_before = counting_handler.calls
+            child = reaper.spawn(sh("exit 12"))
+            # A C call that runs no Python until SIGUSR1 comes from on_exit on the reaping thread.
+            info = signal.sigtimedwait([signal.SIGUSR1], 20)
+            assert info is not None, "the exit was not recorded while the main thread was blocked"
+            assert heard[0].pid == child.pid and heard[0].returncode == 12
+            assert counting_handler.calls == calls_before  # no Python-level handler ran meanwhile
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def test_a_sigchld_storm_does_not_spin() -> None:
+    """Thousands of spurious SIGCHLD cause a bounded number of sweeps, and reaping still works."""
+    with Reaper(backend="sigchld") as reaper:
+        sleeper = reaper.spawn(sh("exec sleep 30"))
+        engine = _engine.current()
+        assert engine is not None
+        before = engine.sweeps
+        started = time.monotonic()
+        sent = 0
+        while time.monotonic() - started < 0.5:
+            os.kill(os.getpid(), signal.SIGCHLD)
+            sent += 1
+        sweeps = engine.sweeps - before
+        # The safety timer alone gives ~5 sweeps in 0.5 s; the backoff adds ~log2(100) more.
+        assert sweeps <= 25, f"{sweeps} sweeps for {sent} spurious SIGCHLD"
+        assert sent > 1000
+        sleeper.kill()
+        assert sleeper.wait(10).signal == signal.SIGKILL
+
+
+def test_the_sigchld_backend_finds_exits_without_the_handler() -> None:
+    """With SIGCHLD blocked everywhere but nowhere handled, the safety sweep still reaps."""
+    reaper_holder: list[Reaper] = []
+    result: list[int] = []
+
+    def worker() -> None:
+        # Installed from a thread: no handler at all, so only the timer can notice the exit.
+        with Reaper(backend="sigchld") as reaper:
+            reaper_holder.append(reaper)
+            result.append(reaper.spawn(sh("exit 21")).wait(10).returncode)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(20)
+    assert result == [21]
+
+
+@pytest.mark.skipif(not HAS_PIDFD, reason="needs pidfd")
+def test_a_signal_sent_while_the_owner_waits_reaches_only_our_child() -> None:
+    """terminate() works while another thread sits in popen.wait() holding Popen's lock."""
+    with Reaper(backend="sigchld") as reaper:
+        child = reaper.spawn(
+            sh("trap 'exit 33' TERM; echo ready; while :; do sleep 0.01; done"),
+            stdout=subprocess.PIPE,
+        )
+        popen = child.popen
+        assert popen is not None
+        assert read_line(popen.stdout) == "ready\n"
+        codes: list[int] = []
+        waiter = threading.Thread(target=lambda: codes.append(popen.wait()))
+        waiter.start()
+        eventually(lambda: popen._waitpid_lock.locked(), what="the owner to hold the lock")
+        child.terminate()
+        waiter.join(10)
+        assert codes == [33]
+        assert child.wait(10).returncode == 33
+        popen.stdout.close()  # type: ignore[union-attr]

@@ -1,0 +1,75 @@
+"""Many children at once: every status exact, none lost, none left a zombie."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from zombiereaper import ExitStatus, Reaper
+
+from .helpers import sh, zombie_children
+from .strategies import children_plans
+
+STRESS = settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+def _script(ending: tuple[str, int], lifetime: float) -> list[str]:
+    kind, value = ending
+    pause = f"sleep {lifetime:.3f}; " if lifetime else ""
+    if kind == "exit":
+        return sh(f"{pause}exit {value}")
+    return sh(f"{pause}kill -{value} $$")
+
+
+def _expected(ending: tuple[str, int]) -> int:
+    kind, value = ending
+    return value if kind == "exit" else -value
+
+
+@STRESS
+@given(plan=children_plans, owner_waits=st.randoms(use_true_random=False))
+def test_every_child_of_a_burst_is_reaped_with_its_exact_status(
+    backend: str, plan: list[tuple[tuple[str, int], float]], owner_waits: random.Random
+) -> None:
+    """Up to 100 children with random codes, signals and lifetimes all get exact statuses."""
+    heard: list[ExitStatus] = []
+    lock = threading.Lock()
+
+    def on_exit(status: ExitStatus) -> None:
+        with lock:
+            heard.append(status)
+
+    with Reaper(backend=backend, on_exit=on_exit) as reaper:  # type: ignore[arg-type]
+        children = [reaper.spawn(_script(ending, lifetime)) for ending, lifetime in plan]
+        # Some owners also call popen.wait() themselves, racing the reaping thread.
+        racing = [child for child in children if owner_waits.random() < 0.3]
+        owner_codes: dict[int, int] = {}
+
+        def owner(child_list: list[object]) -> None:
+            for child in child_list:
+                owner_codes[child.pid] = child.popen.wait(20)  # type: ignore[attr-defined]
+
+        owner_thread = threading.Thread(target=owner, args=(racing,))
+        owner_thread.start()
+        statuses = [child.wait(20) for child in children]
+        owner_thread.join(20)
+        reaper.reap()
+        assert not zombie_children()
+    for (ending, _), child, status in zip(plan, children, statuses, strict=True):
+        assert status.pid == child.pid
+        assert status.returncode == _expected(ending), (ending, status)
+        assert not status.core_dumped
+        assert reaper.registry[child.pid] == status
+        if child in racing:
+            assert owner_codes[child.pid] == _expected(ending)
+    assert sorted(s.pid for s in heard) == sorted(c.pid for c in children)
+    kinds = {s.signal for s in statuses if s.signal is not None}
+    assert kinds <= {signal.Signals(v) for (k, v), _ in plan if k == "signal"}
