@@ -125,42 +125,31 @@ class Engine:
         notifier.close()
 
     def _run(self) -> None:
-        quiet_period = 0.0
-        quiet_until = 0.0
-        sweep_pending = False
-        last_sweep = time.monotonic()
-        while True:
-            timeout: float | None = None
-            if self._swept:
-                deadline = last_sweep + SAFETY_SWEEP_INTERVAL
-                if sweep_pending:
-                    deadline = min(deadline, quiet_until)
-                timeout = max(0.0, deadline - time.monotonic())
-            woken, ready = self._wait(timeout)
-            if self._stopping:
-                break
-            for child in ready:
-                self._settle_logged(child)
-            now = time.monotonic()
-            sweep_pending = sweep_pending or woken
-            due = (sweep_pending and now >= quiet_until) or (
-                now - last_sweep >= SAFETY_SWEEP_INTERVAL
-            )
-            if due and self._swept:
-                found = self._sweep()
-                last_sweep = now
-                sweep_pending = False
-                quiet_period = (
-                    0.0
-                    if found
-                    else min(max(quiet_period * 2, _FIRST_QUIET_PERIOD), SAFETY_SWEEP_INTERVAL)
-                )
-                quiet_until = now + quiet_period
-            elif due:
-                sweep_pending = False
-            self._run_callbacks()
+        schedule = _SweepSchedule(time.monotonic())
+        while not self._stopping:
+            try:
+                self._run_once(schedule)
+            except Exception:
+                # The thread that reaps every child must outlive any one failure; the pause
+                # keeps a failure that repeats from spinning a core.
+                logger.exception("zombiereaper's reaping loop failed; going on")
+                time.sleep(SAFETY_SWEEP_INTERVAL)
         self._run_callbacks()
         self._close()
+
+    def _run_once(self, schedule: _SweepSchedule) -> None:
+        timeout = schedule.timeout(time.monotonic()) if self._swept else None
+        woken, ready = self._wait(timeout)
+        if self._stopping:
+            return
+        for child in ready:
+            self._settle_logged(child)
+        now = time.monotonic()
+        if woken:
+            schedule.note_wakeup()
+        if schedule.is_due(now):
+            schedule.record_sweep(now, found=self._sweep() if self._swept else 0)
+        self._run_callbacks()
 
     def _wait(self, timeout: float | None) -> tuple[bool, list[Child]]:
         woken = False
@@ -231,6 +220,52 @@ class Engine:
             self._close()
         except OSError:
             pass
+
+
+class _SweepSchedule:
+    """When the sigchld-watched children are swept: on wakeups, but not in a storm, and on a timer.
+
+    A wakeup asks for a sweep. After a sweep that found nothing, the next one asked for by a
+    wakeup waits a quiet period that doubles up to SAFETY_SWEEP_INTERVAL, so a storm of
+    spurious SIGCHLD costs a bounded number of sweeps (go-reap PR #1); a sweep that finds an
+    exit ends the quiet period. The timer sweeps every SAFETY_SWEEP_INTERVAL regardless, which
+    is what bounds the delay when no handler can run (prior-art pitfall 4).
+    """
+
+    def __init__(self, now: float) -> None:
+        self._last_sweep = now
+        self._quiet_period = 0.0
+        self._quiet_until = now
+        self._pending = False
+
+    def timeout(self, now: float) -> float:
+        """Seconds until the next sweep is due."""
+        deadline = self._last_sweep + SAFETY_SWEEP_INTERVAL
+        if self._pending:
+            deadline = min(deadline, self._quiet_until)
+        return max(0.0, deadline - now)
+
+    def note_wakeup(self) -> None:
+        """Something may have exited: ask for a sweep."""
+        self._pending = True
+
+    def is_due(self, now: float) -> bool:
+        """Whether a sweep should run now."""
+        return (self._pending and now >= self._quiet_until) or (
+            now - self._last_sweep >= SAFETY_SWEEP_INTERVAL
+        )
+
+    def record_sweep(self, now: float, found: int) -> None:
+        """A sweep ran at ``now`` and reaped ``found`` children."""
+        self._last_sweep = now
+        self._pending = False
+        if found:
+            self._quiet_period = 0.0
+        else:
+            self._quiet_period = min(
+                max(self._quiet_period * 2, _FIRST_QUIET_PERIOD), SAFETY_SWEEP_INTERVAL
+            )
+        self._quiet_until = now + self._quiet_period
 
 
 class _Running:
