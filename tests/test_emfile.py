@@ -29,7 +29,7 @@ with Reaper(backend="pidfd") as reaper:
     # close_fds=False and an absolute path make Popen use posix_spawn, which needs no
     # descriptor of ours: only the pidfd cannot be had.
     children = [reaper.spawn(["/bin/sh", "-c", f"exit {n}"], close_fds=False) for n in range(20)]
-    fallbacks = sum(isinstance(c._notifier, SigchldNotifier) for c in children)
+    fallbacks = sum(isinstance(c._owner.notifier, SigchldNotifier) for c in children)
     codes = [c.wait(20).returncode for c in children]
     for fd in filler:
         os.close(fd)

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
 import warnings
 from typing import TYPE_CHECKING, Any, Self
 
-from ._backends import pidfd
 from ._errors import NotOurChildError, ReaperError, StatusLostError, WaitTimeout
+from ._owners import PopenOwner, ProcessOwner
 
 if TYPE_CHECKING:
+    import multiprocessing.process
     import subprocess
     from types import TracebackType
 
-    from ._backends import Notifier
     from ._engine import Engine
+    from ._owners import Owner
     from ._reaper import Reaper
     from ._status import ExitStatus
 
@@ -24,40 +26,49 @@ if TYPE_CHECKING:
 class Child:
     """A child process owned by a :class:`~zombiereaper.Reaper`, from start to exit status.
 
-    Made by :meth:`Reaper.spawn`; not meant to be built directly. The reaping thread records
-    the exit as soon as the child dies, so :attr:`status` fills in by itself; :meth:`wait`
-    blocks until then. Signals sent after the child has been reaped do nothing: they can never
-    reach another process that was given the same pid.
+    Made by :meth:`Reaper.spawn` and :meth:`Reaper.watch`; not meant to be built directly. The
+    reaping thread records the exit as soon as the child dies, so :attr:`status` fills in by
+    itself; :meth:`wait` blocks until then, :meth:`wait_async` awaits it. Signals sent after
+    the child has been reaped do nothing: they can never reach another process that was given
+    the same pid.
 
     ``with reaper.spawn(...) as child:`` stops the child when the block ends, if it still runs.
 
     Attributes:
         pid: The child's process id.
-        args: The command the child was started with.
-        popen: The :class:`subprocess.Popen` that started it, or None.
+        args: The command it runs (Popen's ``args``), a Process's name, or None for a bare pid.
     """
 
-    def __init__(
-        self,
-        reaper: Reaper,
-        engine: Engine,
-        pid: int,
-        args: Any,
-        popen: subprocess.Popen[Any] | None,
-    ) -> None:
-        self.pid = pid
-        self.args = args
-        self.popen = popen
+    def __init__(self, reaper: Reaper, engine: Engine, owner: Owner) -> None:
+        self.pid = owner.pid
+        self.args = owner.args
+        self._owner = owner
         self._reaper = reaper
         self._engine = engine
         self._owner_pid = os.getpid()
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._notifier: Notifier | None = None
         self._settled = False
         self._status: ExitStatus | None = None
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     # --- state ----------------------------------------------------------------------------
+
+    @property
+    def popen(self) -> subprocess.Popen[Any] | None:
+        """The :class:`subprocess.Popen` of the child, or None if it was not started by one."""
+        owner = self._owner
+        return owner.popen if isinstance(owner, PopenOwner) else None
+
+    @property
+    def process(self) -> multiprocessing.process.BaseProcess | None:
+        """The :class:`multiprocessing.Process` watched, or None."""
+        owner = self._owner
+        return owner.process if isinstance(owner, ProcessOwner) else None
+
+    def _owner_object(self) -> object:
+        """The Popen or Process behind the child, or None."""
+        return self.popen or self.process
 
     @property
     def status(self) -> ExitStatus | None:
@@ -79,6 +90,17 @@ class Child:
         """Record the outcome (the engine calls this with ``_lock`` held)."""
         self._settled = True
         self._status = status
+
+    def _finish(self) -> None:
+        """Wake every waiter, threads and event loops (the engine calls this once recorded)."""
+        self._done.set()
+        with self._lock:
+            waiters, self._async_waiters = self._async_waiters, []
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_wake_future, future)
+            except RuntimeError:
+                pass  # that event loop is closed: nobody is left to wake
 
     def _result(self) -> ExitStatus:
         status = self._status
@@ -139,6 +161,39 @@ class Child:
                 raise WaitTimeout(self.pid, 0.0 if timeout is None else timeout)
         return self._result()
 
+    async def wait_async(self) -> ExitStatus:
+        """Wait, in a running event loop, until the child exits, and return its status.
+
+        The reaping thread resolves the wait through ``loop.call_soon_threadsafe``: nothing
+        polls. Cancelling the wait (``asyncio.wait_for`` with a timeout, say) leaves nothing
+        behind, and the child runs on.
+
+        Returns:
+            The exit status.
+
+        Raises:
+            StatusLostError: Other code reaped the child and took its status.
+        """
+        self._check_process()
+        if not self._done.is_set():
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+            waiter = (loop, future)
+            with self._lock:
+                # Checked under the lock that _finish() takes to collect the waiters, so the
+                # wakeup cannot fall between the check and the registration.
+                if not self._done.is_set():
+                    self._async_waiters.append(waiter)
+                else:
+                    future.set_result(None)
+            try:
+                await future
+            finally:
+                with self._lock:
+                    if waiter in self._async_waiters:
+                        self._async_waiters.remove(waiter)
+        return self._result()
+
     # --- signals ----------------------------------------------------------------------------
 
     def send_signal(self, sig: int) -> None:
@@ -151,36 +206,11 @@ class Child:
         with self._lock:
             if self._settled:
                 return
-            notifier = self._notifier
-            assert notifier is not None
             try:
-                if notifier.fileno is not None:
-                    # A pidfd names exactly this process, reaped or not: no reuse race at all.
-                    notifier.send_signal(sig)
-                else:
-                    self._send_signal_by_pid(notifier, sig)
+                self._owner.send_signal(sig)
             except ProcessLookupError:
-                # Its Popen.wait() in another thread reaped it a moment ago: nothing to signal.
+                # Its own waiter in another thread reaped it a moment ago: nothing to signal.
                 pass
-
-    def _send_signal_by_pid(self, notifier: Notifier, sig: int) -> None:
-        # A bare pid is safe to signal only while nobody can reap it (prior-art pitfall 6).
-        # The engine reaps under self._lock, which we hold; the owner's Popen reaps under
-        # its _waitpid_lock, which we take too if we can.
-        popen = self.popen
-        lock = getattr(popen, "_waitpid_lock", None) if popen is not None else None
-        if popen is None or lock is None:
-            notifier.send_signal(sig)
-            return
-        if lock.acquire(blocking=False):
-            try:
-                if popen.returncode is None:
-                    notifier.send_signal(sig)
-            finally:
-                lock.release()
-            return
-        # Another thread sits in popen.wait() and may reap the child at any moment.
-        _send_signal_while_owner_waits(self.pid, sig)
 
     def terminate(self) -> None:
         """Send SIGTERM to the child (nothing if it has already been reaped)."""
@@ -243,36 +273,6 @@ class Child:
         return f"<Child pid={self.pid} {state}>"
 
 
-def _send_signal_while_owner_waits(pid: int, sig: int) -> None:
-    """Signal ``pid`` while another thread may be reaping it, without reaching a stranger."""
-    if pidfd.is_available():
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            return
-        except OSError:
-            fd = -1
-        if fd >= 0:
-            try:
-                # The pidfd pins whatever process has the pid now; waitid answers ECHILD when
-                # that is not our child any more (reaped, maybe reused), so only ours is signalled.
-                os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return
-            else:
-                signal.pidfd_send_signal(fd, sig)
-            finally:
-                os.close(fd)
-            return
-    # No pidfd here (macOS, old kernels, no descriptors left): check that the child has not
-    # exited, then signal. The window left is the child exiting, being reaped by the other
-    # thread, and its pid being handed to a new process, all between these two calls.
-    try:
-        if (
-            hasattr(os, "waitid")
-            and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        ):
-            return
-    except ChildProcessError:
-        return
-    os.kill(pid, sig)
+def _wake_future(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -17,16 +17,15 @@ import select
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from . import _sighandler
-from ._backends import BackendName, open_notifier
-from ._status import ExitStatus, decode_wait_status
+from ._owners import Running
 
 if TYPE_CHECKING:
-    import subprocess
     from collections.abc import Callable
 
+    from ._backends import BackendName
     from ._child import Child
     from ._reaper import Reaper
 
@@ -70,13 +69,16 @@ class Engine:
         return self._thread
 
     def watch(self, child: Child, backend: BackendName) -> None:
-        """Start watching ``child`` for its exit.
+        """Start watching ``child`` for its exit (settling it at once if it is already known).
 
         Raises:
-            OSError: The backend could not watch the child (not EMFILE: that falls back).
+            ChildProcessError: The child's owner cannot account for its pid.
         """
-        notifier = open_notifier(child.pid, backend)
-        child._notifier = notifier
+        notifier = child._owner.open_notifier(backend)
+        if notifier is None:
+            # The owner has the status already (its Popen or Process reaped it).
+            self.settle(child)
+            return
         fd = notifier.fileno
         with self._lock:
             if fd is not None and self._epoll is not None:
@@ -101,20 +103,19 @@ class Engine:
         with child._lock:
             if child._settled:
                 return False
-            outcome = _read_exit(child)
-            if outcome is _RUNNING:
+            outcome = child._owner.read_exit()
+            if isinstance(outcome, Running):
                 return False
             self._forget(child)
-            status = outcome if isinstance(outcome, ExitStatus) else None
-            child._settle(status)
-        child._reaper._child_exited(child, status)
-        child._done.set()
+            child._settle(outcome)
+        child._reaper._child_exited(child, outcome)
+        child._finish()
         return True
 
     # --- the thread ---------------------------------------------------------------------------
 
     def _forget(self, child: Child) -> None:
-        notifier = child._notifier
+        notifier = child._owner.notifier
         if notifier is None:
             return
         fd = notifier.fileno
@@ -210,7 +211,7 @@ class Engine:
     def _abandon_after_fork(self) -> None:
         """Close what the forked child inherited; no lock is taken (another thread may own it)."""
         for child in [*self._by_fd.values(), *self._swept]:
-            notifier = child._notifier
+            notifier = child._owner.notifier
             if notifier is not None:
                 try:
                     notifier.close()
@@ -266,69 +267,6 @@ class _SweepSchedule:
                 max(self._quiet_period * 2, _FIRST_QUIET_PERIOD), SAFETY_SWEEP_INTERVAL
             )
         self._quiet_until = now + self._quiet_period
-
-
-class _Running:
-    """The marker for "the child has not exited yet"."""
-
-
-_RUNNING: Final = _Running()
-
-
-def _read_exit(child: Child) -> ExitStatus | _Running | None:
-    """Reap ``child`` if it exited: its status, _RUNNING, or None when another reaper took it."""
-    notifier = child._notifier
-    assert notifier is not None
-    popen = child.popen
-    if not notifier.can_peek:
-        return _poll_without_peek(child)
-    try:
-        raw = notifier.peek()
-    except ChildProcessError:
-        # Somebody reaped it before us: its Popen.wait(), or a stranger's waitpid(-1).
-        return _status_from_owner(child.pid, popen)
-    if raw is None:
-        return _RUNNING
-    # The exit is read before it is reaped (WNOWAIT), so the record keeps the core-dump bit even
-    # though Popen, which reaps it next, would only keep a return code.
-    status = decode_wait_status(child.pid, raw)
-    if popen is not None:
-        # Reaping through Popen's own locking is what keeps a concurrent popen.wait() from
-        # seeing ECHILD, which it would report as 0 (bpo-15756). The child is a zombie now,
-        # so this returns at once.
-        popen.wait()
-    else:
-        notifier.reap()
-    return status
-
-
-def _poll_without_peek(child: Child) -> ExitStatus | _Running | None:
-    notifier = child._notifier
-    assert notifier is not None
-    if child.popen is not None:
-        returncode = child.popen.poll()
-        if returncode is None:
-            return _RUNNING
-        return ExitStatus.from_returncode(child.pid, returncode)
-    raw = notifier.reap()
-    return _RUNNING if raw is None else decode_wait_status(child.pid, raw)
-
-
-def _status_from_owner(pid: int, popen: subprocess.Popen[Any] | None) -> ExitStatus | None:
-    """The status that the owner's own wait recorded, or None when a stranger took it."""
-    if popen is None:
-        return None
-    lock = getattr(popen, "_waitpid_lock", None)
-    if lock is None:
-        returncode = popen.returncode
-    else:
-        # Popen sets returncode under this lock right after its waitpid; holding it means a
-        # wait in progress in another thread has finished.
-        with lock:
-            returncode = popen.returncode
-    if returncode is None:
-        return None
-    return ExitStatus.from_returncode(pid, returncode)
 
 
 # --- the process-wide engine ------------------------------------------------------------------

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
+from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
 
 from . import _engine
 from ._backends import BackendName, resolve_backend
 from ._child import Child
 from ._errors import NotInstalledError, NotOurChildError, ReaperError
+from ._owners import PidOwner, PopenOwner, ProcessOwner
 from ._registry import Registry
 from ._status import ExitStatus
 
 if TYPE_CHECKING:
-    import os
     from types import TracebackType
+
+    from ._owners import Owner
 
 logger = logging.getLogger("zombiereaper")
 
@@ -87,6 +92,9 @@ class Reaper:
         self._registry = Registry(history)
         self._lock = threading.Lock()
         self._children: dict[int, Child] = {}
+        # Popen and Process objects already watched, so that watching one again, even after
+        # it exited, returns the same Child.
+        self._by_target: weakref.WeakKeyDictionary[Any, Child] = weakref.WeakKeyDictionary()
         self._engine: _engine.Engine | None = None
 
     # --- configuration and state --------------------------------------------------------------
@@ -230,27 +238,97 @@ class Reaper:
             raise self._not_installed("spawn()")
         popen: subprocess.Popen[Any] = subprocess.Popen(args, **popen_kwargs)
         try:
-            return self._adopt(popen)
+            return self._adopt(PopenOwner(popen), popen)
         except BaseException:
             # Nothing may be left behind: no process, no zombie, no record.
             popen.kill()
             popen.wait()
             raise
 
-    def _adopt(self, popen: subprocess.Popen[Any]) -> Child:
+    def watch(self, target: int | subprocess.Popen[Any] | BaseProcess) -> Child:
+        """Own a child that other code started, and record its exit like a spawned one's.
+
+        The owner's own API keeps working exactly: ``popen.wait()``/``popen.returncode`` and
+        ``process.join()``/``process.exitcode`` give the real code, whoever notices the exit
+        first, because the status is taken through the owner's own machinery. Watching a child
+        that has already exited records it at once; watching the same target again returns the
+        same Child.
+
+        Args:
+            target: A started :class:`subprocess.Popen`, a started
+                :class:`multiprocessing.Process` (any start method: a forkserver worker is not
+                even our child, and is followed through its sentinel), or the pid of a direct
+                child that no other code waits for (from ``os.fork()``, say).
+
+        Returns:
+            The handle to the child.
+
+        Raises:
+            NotInstalledError: The Reaper is not installed.
+            NotOurChildError: ``target`` is a pid that is not an unreaped child of this process.
+            TypeError: ``target`` is none of the above.
+            ValueError: ``target`` is a Process that has not been started, or a pid <= 0.
+        """
+        if self._engine is None:
+            raise self._not_installed("watch()")
+        owner: Owner
+        key: object | None = None
+        if isinstance(target, subprocess.Popen):
+            owner, key = PopenOwner(target), target
+        elif isinstance(target, BaseProcess):
+            if target.pid is None:
+                raise ValueError(f"{target!r} has not been started: call start() before watch()")
+            if target._parent_pid != os.getpid():  # type: ignore[attr-defined]
+                raise NotOurChildError(
+                    target.pid,
+                    f"{target!r} was started by another process; only the process that started "
+                    "it can watch it",
+                )
+            owner, key = ProcessOwner(target), target
+        elif isinstance(target, int) and not isinstance(target, bool):
+            if target <= 0:
+                raise ValueError(f"watch() takes the pid of one child (> 0), got {target}")
+            owner = PidOwner(target)
+        else:
+            raise TypeError(
+                "watch() takes a pid, a subprocess.Popen or a multiprocessing.Process, "
+                f"got {type(target).__name__}"
+            )
+        with self._lock:
+            known = self._children.get(owner.pid)
+            if known is None and key is not None:
+                known = self._by_target.get(key)
+            if known is not None and (key is None or known._owner_object() is key):
+                return known
+        try:
+            return self._adopt(owner, key)
+        except ChildProcessError:
+            raise NotOurChildError(
+                owner.pid,
+                f"pid {owner.pid} is not a child of this process, or other code has reaped it "
+                "already; watch() takes direct children only (pass the subprocess.Popen or "
+                "multiprocessing.Process itself when there is one)",
+            ) from None
+
+    def _adopt(self, owner: Owner, key: object | None) -> Child:
         with self._lock:
             engine = self._engine
             if engine is None:
-                raise self._not_installed("spawn()")
-            child = Child(self, engine, popen.pid, popen.args, popen)
+                raise self._not_installed("spawn() and watch()")
+            child = Child(self, engine, owner)
             # Listed before it is watched: the engine may reap it at once, and its exit must
             # then find it here to remove it.
             self._children[child.pid] = child
+            if key is not None:
+                self._by_target[key] = child
         try:
             engine.watch(child, self._backend)
         except BaseException:
             with self._lock:
-                self._children.pop(child.pid, None)
+                if self._children.get(child.pid) is child:
+                    del self._children[child.pid]
+                if key is not None:
+                    self._by_target.pop(key, None)
             raise
         return child
 
@@ -275,6 +353,9 @@ class Reaper:
             child = self._children.get(pid)
         if child is not None:
             return child.wait(timeout)
+        return self._recorded(pid)
+
+    def _recorded(self, pid: int) -> ExitStatus:
         status = self._registry.get(pid)
         if status is not None:
             return status
@@ -282,8 +363,22 @@ class Reaper:
             pid,
             f"pid {pid} is not a child of this Reaper, or its record has left the history "
             f"(history={self._registry.history}); only children started with this Reaper's "
-            "spawn() can be waited for here",
+            "spawn() or watch() can be waited for here",
         )
+
+    async def wait_async(self, pid: int) -> ExitStatus:
+        """Await, in a running event loop, the exit of the child ``pid`` that this Reaper owns.
+
+        Resolved by the reaping thread, without polling; safe to cancel (``asyncio.wait_for``).
+
+        Raises:
+            NotOurChildError: This Reaper does not own ``pid`` (or its record left the history).
+        """
+        with self._lock:
+            child = self._children.get(pid)
+        if child is not None:
+            return await child.wait_async()
+        return self._recorded(pid)
 
     def status(self, pid: int) -> ExitStatus | None:
         """The latest exit recorded for ``pid``, or None (still running, or never ours)."""
@@ -337,6 +432,7 @@ class Reaper:
         self._lock = threading.Lock()
         self._engine = None
         self._children = {}
+        self._by_target = weakref.WeakKeyDictionary()
         self._registry = Registry(self._registry.history)
 
     def __repr__(self) -> str:

@@ -1,6 +1,7 @@
 """Ways of noticing that a child exited, behind one small interface.
 
-Each backend module exposes ``open_notifier(pid) -> Notifier``; a Notifier watches one child:
+Each backend module exposes ``open_notifier(pid)``, which returns a ChildNotifier watching one
+child of ours:
 
 - ``fileno``: a file descriptor that becomes readable when the child exits, or None when the
   child has to be checked on every SIGCHLD wakeup and on the engine's safety timer;
@@ -9,6 +10,9 @@ Each backend module exposes ``open_notifier(pid) -> Notifier``; a Notifier watch
 - ``reap()``: reap it now if it has exited, returning the raw status (None while it runs);
 - ``send_signal(sig)``: signal it (the caller makes sure it has not been reaped);
 - ``close()``: release what the notifier holds.
+
+``sentinel.SentinelNotifier`` is the plain Notifier (``pid``, ``fileno``, ``close``) for a
+process that is not our child but whose owner holds a sentinel descriptor for it.
 
 :func:`open_notifier` picks the backend, falling back from pidfd to sigchld when the process
 runs out of file descriptors, so that no child is ever left unwatched.
@@ -33,17 +37,25 @@ logger = logging.getLogger("zombiereaper")
 
 
 class Notifier(Protocol):
-    """Watches one child for its exit; see the module docstring."""
+    """Tells the engine when a process may have ended; see the module docstring."""
 
     @property
     def pid(self) -> int:
-        """The child's pid."""
+        """The process's pid."""
         ...
 
     @property
     def fileno(self) -> int | None:
-        """A descriptor readable once the child exits, or None when it must be swept."""
+        """A descriptor readable once the process ends, or None when it must be swept."""
         ...
+
+    def close(self) -> None:
+        """Release what the notifier holds; it must not be used afterwards."""
+        ...
+
+
+class ChildNotifier(Notifier, Protocol):
+    """A notifier for a child of ours, which it can also read, reap and signal."""
 
     @property
     def can_peek(self) -> bool:
@@ -60,10 +72,6 @@ class Notifier(Protocol):
 
     def send_signal(self, sig: int) -> None:
         """Send ``sig`` to the child."""
-        ...
-
-    def close(self) -> None:
-        """Release what the notifier holds; it must not be used afterwards."""
         ...
 
 
@@ -92,8 +100,12 @@ def resolve_backend(name: str | None) -> BackendName:
     return "pidfd" if name == "pidfd" else "sigchld"
 
 
-def open_notifier(pid: int, backend: BackendName) -> Notifier:
-    """Start watching ``pid`` with ``backend``, or with sigchld when pidfds have run out."""
+def open_notifier(pid: int, backend: BackendName) -> ChildNotifier:
+    """Start watching ``pid`` with ``backend``, or with sigchld when pidfds have run out.
+
+    Raises:
+        ChildProcessError: ``pid`` is not an unreaped child of this process.
+    """
     if backend == "pidfd":
         try:
             return pidfd.open_notifier(pid)

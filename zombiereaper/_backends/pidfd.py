@@ -88,12 +88,23 @@ def _wait(fd: int, options: int) -> int | None:
 
 
 def open_notifier(pid: int) -> PidfdNotifier:
-    """Open a pidfd for ``pid``.
+    """Open a pidfd for ``pid`` and check that it names a child of ours not yet reaped.
+
+    The check is what makes the pidfd trustworthy: had the child been reaped and its pid
+    reused before the pidfd was opened, the pidfd would name a stranger, and waitid on it
+    answers ECHILD.
 
     Raises:
-        OSError: EMFILE/ENFILE when descriptors have run out (the caller falls back), ESRCH when
-            no such process exists.
+        ChildProcessError: ``pid`` is not an unreaped child of this process.
+        OSError: EMFILE/ENFILE when descriptors have run out (the caller falls back).
     """
-    fd = os.pidfd_open(pid)
-    os.set_inheritable(fd, False)
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise ChildProcessError(f"no process has pid {pid}") from None
+    try:
+        _wait(fd, _PEEK_FLAGS)
+    except BaseException:
+        os.close(fd)
+        raise
     return PidfdNotifier(pid, fd)

@@ -63,5 +63,13 @@ class SigchldNotifier:
 
 
 def open_notifier(pid: int) -> SigchldNotifier:
-    """Watch ``pid`` through sweeps."""
-    return SigchldNotifier(pid)
+    """Watch ``pid`` through sweeps, after checking that it is an unreaped child of ours.
+
+    Raises:
+        ChildProcessError: ``pid`` is not an unreaped child of this process (checked where
+            waitid exists).
+    """
+    notifier = SigchldNotifier(pid)
+    if HAS_WAITID:
+        notifier.peek()
+    return notifier
