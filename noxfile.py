@@ -68,7 +68,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHONS[0])
 def typecheck(session: nox.Session) -> None:
     """Type-check the package with mypy --strict."""
-    session.install("-e", ".", "mypy>=1.8")
+    session.install("-e", ".[test]", "mypy>=1.8", "types-psutil")
     session.run("mypy", "--strict", "zombiereaper")
 
 

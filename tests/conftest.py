@@ -13,6 +13,8 @@ from zombiereaper import _engine, _sighandler
 
 from .helpers import BACKENDS, eventually
 
+pytest_plugins = ["pytester"]
+
 # Started once by multiprocessing and kept for the rest of the run, by design.
 _LONG_LIVED_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._backends import can_use_pidfd as can_use_pidfd
 from ._child import Child as Child
 from ._errors import BackendUnavailableError as BackendUnavailableError
+from ._errors import ChildLeakWarning as ChildLeakWarning
 from ._errors import NotInstalledError as NotInstalledError
 from ._errors import NotOurChildError as NotOurChildError
 from ._errors import ReaperError as ReaperError
@@ -18,6 +19,7 @@ from ._status import decode_wait_status as decode_wait_status
 __all__ = [
     "BackendUnavailableError",
     "Child",
+    "ChildLeakWarning",
     "ExitStatus",
     "NotInstalledError",
     "NotOurChildError",

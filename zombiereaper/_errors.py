@@ -61,3 +61,7 @@ class StatusLostError(ReaperError, ChildProcessError):
 
 class BackendUnavailableError(ReaperError, OSError):
     """The backend that was asked for cannot run on this system."""
+
+
+class ChildLeakWarning(UserWarning):
+    """A test left a zombie or a running child behind (emitted by the pytest plugin)."""

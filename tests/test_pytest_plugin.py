@@ -1,0 +1,162 @@
+"""The pytest plugin, run through pytester in a separate process: leaks, modes, the fixture."""
+
+from __future__ import annotations
+
+import pytest
+
+LEAKY_TEST = """
+import subprocess, time
+import psutil
+
+KEEP = []
+
+def test_leaves_a_zombie(tmp_path_factory):
+    popen = subprocess.Popen(["sh", "-c", "exit 3"])
+    KEEP.append(popen)  # referenced, so Popen's own cleanup never reaps it
+    deadline = time.monotonic() + 10
+    while psutil.Process(popen.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    (tmp_path_factory.getbasetemp() / "pid").write_text(str(popen.pid))
+"""
+
+RUNNING_TEST = """
+import subprocess
+
+KEEP = []
+
+def test_leaves_a_reader(tmp_path_factory):
+    # It exits by itself once this pytest process ends and the pipe closes: no stray is left.
+    popen = subprocess.Popen(["sh", "-c", "read line"], stdin=subprocess.PIPE)
+    KEEP.append(popen)
+    (tmp_path_factory.getbasetemp() / "pid").write_text(str(popen.pid))
+"""
+
+CLEAN_TEST = """
+import subprocess
+
+def test_cleans_up():
+    assert subprocess.run(["sh", "-c", "exit 0"]).returncode == 0
+    popen = subprocess.Popen(["sleep", "30"])
+    popen.kill()
+    popen.wait()
+"""
+
+
+def _leaked_pid(pytester: pytest.Pytester) -> int:
+    return int((pytester.path / ".." / "basetemp" / "pid").resolve().read_text())
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--basetemp", str(pytester.path / ".." / "basetemp"), *args
+    )
+
+
+def test_a_leaked_zombie_fails_under_zombies_fail(pytester: pytest.Pytester) -> None:
+    """With --zombies=fail a test that leaves a zombie errors, naming 'zombie' and its pid."""
+    pytester.makepyfile(LEAKY_TEST)
+    result = _run(pytester, "--zombies=fail")
+    result.assert_outcomes(passed=1, errors=1)
+    pid = _leaked_pid(pytester)
+    result.stdout.fnmatch_lines([f"*zombie pid {pid} (sh)*never waited for*"])
+
+
+def test_the_ini_option_fails_too(pytester: pytest.Pytester) -> None:
+    """`zombies = fail` in the ini file works like --zombies=fail."""
+    pytester.makeini("[pytest]\nzombies = fail\n")
+    pytester.makepyfile(LEAKY_TEST)
+    _run(pytester).assert_outcomes(passed=1, errors=1)
+
+
+def test_a_leak_only_warns_by_default(pytester: pytest.Pytester) -> None:
+    """Without options a leak gives a ChildLeakWarning and the run passes."""
+    pytester.makepyfile(LEAKY_TEST)
+    result = _run(pytester)
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*ChildLeakWarning*zombie pid*"])
+
+
+def test_zombies_off_says_nothing(pytester: pytest.Pytester) -> None:
+    """--zombies=off turns the check off."""
+    pytester.makepyfile(LEAKY_TEST)
+    result = _run(pytester, "--zombies=off")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*never waited for*")
+
+
+def test_a_child_left_running_is_reported_with_its_command_line(pytester: pytest.Pytester) -> None:
+    """A child still running after the test is reported with its pid and command line."""
+    pytester.makepyfile(RUNNING_TEST)
+    result = _run(pytester, "--zombies=fail")
+    result.assert_outcomes(passed=1, errors=1)
+    pid = _leaked_pid(pytester)
+    result.stdout.fnmatch_lines([f"*pid {pid} still running: sh -c read line*"])
+
+
+def test_a_clean_test_passes(pytester: pytest.Pytester) -> None:
+    """A test that waits for its children passes under --zombies=fail with warnings as errors."""
+    pytester.makepyfile(CLEAN_TEST)
+    _run(pytester, "--zombies=fail", "-W", "error").assert_outcomes(passed=1)
+
+
+def test_multiprocessing_helpers_are_not_leaks(pytester: pytest.Pytester) -> None:
+    """The forkserver and resource tracker that multiprocessing keeps alive are not reported."""
+    pytester.makepyfile(
+        """
+        import multiprocessing, sys
+
+        def work():
+            sys.exit(0)
+
+        def test_forkserver_and_tracker():
+            context = multiprocessing.get_context("forkserver")
+            lock = context.Lock()  # starts the resource tracker
+            process = context.Process(target=work)
+            process.start()
+            process.join(30)
+            assert process.exitcode == 0
+        """
+    )
+    _run(pytester, "--zombies=fail", "-W", "error").assert_outcomes(passed=1)
+
+
+def test_the_reaper_fixture_spawns_and_cleans_up(pytester: pytest.Pytester) -> None:
+    """The `reaper` fixture is installed for the test and stops what is left running."""
+    pytester.makepyfile(
+        """
+        import pytest
+        from zombiereaper import Reaper
+
+        def test_fixture(reaper):
+            assert isinstance(reaper, Reaper) and reaper.installed
+            assert reaper.spawn(["sh", "-c", "exit 5"]).wait(10).returncode == 5
+            reaper.spawn(["sleep", "30"])  # left running: the fixture must stop it
+
+        @pytest.mark.reaper(backend="sigchld", stop_timeout=2.0)
+        def test_marker(reaper):
+            assert reaper.backend == "sigchld" and reaper.stop_timeout == 2.0
+        """
+    )
+    _run(pytester, "--zombies=fail", "-W", "error").assert_outcomes(passed=2)
+
+
+def test_loaded_explicitly_with_p(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With plugin autoloading disabled, `-p zombiereaper` loads the plugin by its name."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makepyfile(LEAKY_TEST)
+    _run(pytester, "-p", "zombiereaper", "--zombies=fail").assert_outcomes(passed=1, errors=1)
+    result = _run(pytester)
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*never waited for*")
+
+
+def test_a_bad_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    """An unknown `zombies` ini value stops the run with a message naming the choices."""
+    pytester.makeini("[pytest]\nzombies = maybe\n")
+    pytester.makepyfile(CLEAN_TEST)
+    result = _run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*warn, fail, off*"])

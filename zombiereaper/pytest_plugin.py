@@ -1,0 +1,168 @@
+"""pytest plugin: a ``reaper`` fixture, and a check that no test leaves a zombie or a child behind.
+
+Loaded through the ``pytest11`` entry point named ``zombiereaper`` (``pytest -p zombiereaper``
+loads it explicitly, ``-p no:zombiereaper`` turns it off). After each test, once its fixtures
+are torn down, the direct children of the test process that the test left behind are
+reported: zombies (nobody waited for them) and processes still running. ``--zombies=warn``
+(the default) warns with :class:`~zombiereaper.ChildLeakWarning`, ``--zombies=fail`` makes the
+test error at teardown, ``--zombies=off`` skips the check; the ``zombies`` ini option sets the
+same. multiprocessing's fork server and resource tracker live for the whole run by design and
+are not leaks.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import TYPE_CHECKING, Final, Literal, cast
+
+import psutil
+import pytest
+
+from ._errors import ChildLeakWarning
+from ._reaper import Reaper
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+Mode = Literal["warn", "fail", "off"]
+_MODES: Final[tuple[Mode, ...]] = ("warn", "fail", "off")
+
+#: Started once by multiprocessing and kept for the rest of the run, by design.
+_LONG_LIVED_HELPERS: Final = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+
+#: How long a leftover may take to go away by itself (a child reaped by a thread that is just
+#: finishing) before it is reported.
+_GRACE: Final = 1.0
+
+_BASELINE: Final = pytest.StashKey[frozenset[tuple[int, float]]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add ``--zombies`` and the ``zombies`` ini option."""
+    group = parser.getgroup("zombiereaper", "child process leak detection (zombiereaper)")
+    group.addoption(
+        "--zombies",
+        choices=_MODES,
+        default=None,
+        help="what to do when a test leaves a zombie or a running child: warn (default), "
+        "fail, or off",
+    )
+    parser.addini(
+        "zombies",
+        "what to do when a test leaves a zombie or a running child: warn, fail or off",
+        default="warn",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Check the ini option and register the ``reaper`` marker."""
+    _mode(config)
+    config.addinivalue_line(
+        "markers",
+        "reaper(**kwargs): keyword arguments for the Reaper of the `reaper` fixture "
+        "(backend=, stop_timeout=, history=, on_exit=)",
+    )
+
+
+def _mode(config: pytest.Config) -> Mode:
+    value = config.getoption("zombies") or config.getini("zombies")
+    if value not in _MODES:
+        raise pytest.UsageError(
+            f"zombies = {value!r} in the ini file: use one of {', '.join(_MODES)}"
+        )
+    return cast("Mode", value)
+
+
+@pytest.fixture
+def reaper(request: pytest.FixtureRequest) -> Iterator[Reaper]:
+    """An installed :class:`~zombiereaper.Reaper` for the test, uninstalled after it.
+
+    Everything the test spawned through it is stopped and reaped at teardown. Configure it with
+    ``@pytest.mark.reaper(backend="sigchld", stop_timeout=1.0)``.
+    """
+    marker = request.node.get_closest_marker("reaper")
+    kwargs = dict(marker.kwargs) if marker is not None else {}
+    with Reaper(**kwargs) as installed:
+        yield installed
+
+
+def _children() -> list[psutil.Process]:
+    try:
+        return psutil.Process().children()
+    except psutil.Error:
+        return []
+
+
+def _key(proc: psutil.Process) -> tuple[int, float] | None:
+    try:
+        return proc.pid, proc.create_time()
+    except psutil.Error:
+        return None
+
+
+def _is_long_lived_helper(proc: psutil.Process) -> bool:
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+    return any(name in cmdline for name in _LONG_LIVED_HELPERS)
+
+
+def _leftovers(baseline: frozenset[tuple[int, float]]) -> list[psutil.Process]:
+    found = []
+    for proc in _children():
+        key = _key(proc)
+        if key is None or key in baseline or _is_long_lived_helper(proc):
+            continue
+        found.append(proc)
+    return found
+
+
+def _describe(proc: psutil.Process) -> str | None:
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            # The kernel forgets a process's command line when it exits: only its name is left.
+            return f"zombie pid {proc.pid} ({proc.name()}): exited, never waited for"
+        command = " ".join(proc.cmdline()) or proc.name()
+        return f"pid {proc.pid} still running: {command}"
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.Error:
+        return f"pid {proc.pid}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """Note the children that exist before the test and its fixtures start."""
+    if _mode(item.config) != "off":
+        keys = (_key(proc) for proc in _children())
+        item.stash[_BASELINE] = frozenset(key for key in keys if key is not None)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """After the fixtures are torn down, report what the test left behind."""
+    result = yield
+    mode = _mode(item.config)
+    baseline = item.stash.get(_BASELINE, None)
+    if mode == "off" or baseline is None:
+        return result
+    deadline = time.monotonic() + _GRACE
+    left = _leftovers(baseline)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.01)
+        left = _leftovers(baseline)
+    described = [text for text in map(_describe, left) if text is not None]
+    if not described:
+        return result
+    message = (
+        f"{item.nodeid} left {len(described)} child process(es) behind: "
+        + "; ".join(described)
+        + ". Wait for every child you start (or spawn it with the `reaper` fixture)."
+    )
+    if mode == "fail":
+        pytest.fail(message, pytrace=False)
+    warnings.warn(ChildLeakWarning(message), stacklevel=1)
+    return result
