@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from zombiereaper import _engine, _sighandler
+from zombiereaper import _engine, _linux, _sighandler
 
 from .helpers import BACKENDS, eventually
 
@@ -41,6 +41,21 @@ def _describe(proc: psutil.Process) -> str:
         return f"pid {proc.pid} ({proc.status()}): {' '.join(proc.cmdline()) or proc.name()}"
     except psutil.Error:
         return f"pid {proc.pid} (gone)"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def subreaper_for_the_run() -> Iterator[None]:
+    """Make the test process a subreaper, so that any orphan a test leaks comes back to it.
+
+    The leak check below then sees it; and no orphan lands on a PID 1 that may not reap.
+    """
+    if not _linux.can_be_subreaper():
+        yield
+        return
+    before = _linux.is_child_subreaper()
+    _linux.set_child_subreaper(True)
+    yield
+    _linux.set_child_subreaper(before)
 
 
 @pytest.fixture(autouse=True)

@@ -83,3 +83,30 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return not is_zombie_or_gone(pid)
+
+
+class NaiveReaper:
+    """The usual fix that breaks everything: a SIGCHLD handler looping waitpid(-1, WNOHANG).
+
+    Tests use it as a negative control, to show that they would catch a reaper that steals.
+    """
+
+    def __enter__(self) -> NaiveReaper:
+        import signal
+
+        self._previous = signal.signal(signal.SIGCHLD, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        signal.signal(signal.SIGCHLD, self._previous)

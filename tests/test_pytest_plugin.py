@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psutil
 import pytest
 
 LEAKY_TEST = """
@@ -48,9 +49,19 @@ def _leaked_pid(pytester: pytest.Pytester) -> int:
 
 
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(
+    before = {proc.pid for proc in psutil.Process().children()}
+    result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--basetemp", str(pytester.path / ".." / "basetemp"), *args
     )
+    # What the inner run left (its leaked children, multiprocessing's helpers) was reparented
+    # to this process, a subreaper for the run: each ends once the inner run is gone.
+    for proc in psutil.Process().children():
+        if proc.pid not in before:
+            try:
+                proc.wait(timeout=20)
+            except psutil.NoSuchProcess:
+                pass
+    return result
 
 
 def test_a_leaked_zombie_fails_under_zombies_fail(pytester: pytest.Pytester) -> None:

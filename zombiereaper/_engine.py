@@ -20,6 +20,7 @@ import weakref
 from typing import TYPE_CHECKING, Final
 
 from . import _sighandler
+from ._errors import ReaperError
 from ._owners import Running
 
 if TYPE_CHECKING:
@@ -27,7 +28,9 @@ if TYPE_CHECKING:
 
     from ._backends import BackendName
     from ._child import Child
+    from ._orphans import AllScope
     from ._reaper import Reaper
+    from ._status import ExitStatus
 
 logger = logging.getLogger("zombiereaper")
 
@@ -54,6 +57,10 @@ class Engine:
             self._epoll.register(self._wake_read, select.EPOLLIN)
         self._by_fd: dict[int, Child] = {}
         self._swept: set[Child] = set()
+        #: pid -> Child for every child watched: the all-scope sweep leaves these alone.
+        self._by_pid: dict[int, Child] = {}
+        self._all_scope: AllScope | None = None
+        self._all_deadline: float | None = None
         self._callbacks: collections.deque[Callable[[], None]] = collections.deque()
         self._users = 0
         self._stopping = False
@@ -74,6 +81,8 @@ class Engine:
         Raises:
             ChildProcessError: The child's owner cannot account for its pid.
         """
+        with self._lock:
+            self._by_pid[child.pid] = child
         notifier = child._owner.open_notifier(backend)
         if notifier is None:
             # The owner has the status already (its Popen or Process reaped it).
@@ -112,9 +121,47 @@ class Engine:
         child._finish()
         return True
 
+    def attach_all_scope(self, scope: AllScope) -> None:
+        """Start sweeping for every zombie child on behalf of ``scope``'s Reaper.
+
+        Raises:
+            ReaperError: Another all-scope Reaper is installed.
+        """
+        with self._lock:
+            if self._all_scope is not None:
+                raise ReaperError(
+                    "another Reaper with scope='all' is installed; only one may reap every "
+                    "child of a process: uninstall it first, or use scope='owned' here"
+                )
+            self._all_scope = scope
+        _sighandler.wake()
+
+    def detach_all_scope(self, scope: AllScope) -> None:
+        """Stop sweeping for ``scope``."""
+        with self._lock:
+            if self._all_scope is scope:
+                self._all_scope = None
+                self._all_deadline = None
+
+    def sweep_all_scope(self) -> list[ExitStatus]:
+        """Run the all-scope sweep now (from any thread); return the statuses it recorded."""
+        scope = self._all_scope
+        if scope is None:
+            return []
+        with self._lock:
+            owned = list(self._by_pid)
+            our_pidfds = frozenset(self._by_fd)
+        recorded, self._all_deadline = scope.sweep(time.monotonic(), owned, our_pidfds)
+        for status in recorded:
+            scope.reaper._record_foreign(status)
+        return recorded
+
     # --- the thread ---------------------------------------------------------------------------
 
     def _forget(self, child: Child) -> None:
+        with self._lock:
+            if self._by_pid.get(child.pid) is child:
+                del self._by_pid[child.pid]
         notifier = child._owner.notifier
         if notifier is None:
             return
@@ -126,10 +173,12 @@ class Engine:
         notifier.close()
 
     def _run(self) -> None:
-        schedule = _SweepSchedule(time.monotonic())
+        now = time.monotonic()
+        owned_schedule = _SweepSchedule(now)
+        all_schedule = _SweepSchedule(now)
         while not self._stopping:
             try:
-                self._run_once(schedule)
+                self._run_once(owned_schedule, all_schedule)
             except Exception:
                 # The thread that reaps every child must outlive any one failure; the pause
                 # keeps a failure that repeats from spinning a core.
@@ -138,18 +187,31 @@ class Engine:
         self._run_callbacks()
         self._close()
 
-    def _run_once(self, schedule: _SweepSchedule) -> None:
-        timeout = schedule.timeout(time.monotonic()) if self._swept else None
-        woken, ready = self._wait(timeout)
+    def _run_once(self, owned_schedule: _SweepSchedule, all_schedule: _SweepSchedule) -> None:
+        now = time.monotonic()
+        timeouts = []
+        if self._swept:
+            timeouts.append(owned_schedule.timeout(now))
+        if self._all_scope is not None:
+            timeouts.append(all_schedule.timeout(now))
+            if self._all_deadline is not None:
+                timeouts.append(max(0.0, self._all_deadline - now))
+        woken, ready = self._wait(min(timeouts, default=None))
         if self._stopping:
             return
         for child in ready:
             self._settle_logged(child)
         now = time.monotonic()
         if woken:
-            schedule.note_wakeup()
-        if schedule.is_due(now):
-            schedule.record_sweep(now, found=self._sweep() if self._swept else 0)
+            owned_schedule.note_wakeup()
+            all_schedule.note_wakeup()
+        if owned_schedule.is_due(now):
+            owned_schedule.record_sweep(now, found=self._sweep() if self._swept else 0)
+        if self._all_scope is not None and (
+            all_schedule.is_due(now)
+            or (self._all_deadline is not None and now >= self._all_deadline)
+        ):
+            all_schedule.record_sweep(now, found=len(self.sweep_all_scope()))
         self._run_callbacks()
 
     def _wait(self, timeout: float | None) -> tuple[bool, list[Child]]:

@@ -9,14 +9,16 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
 
-from . import _engine
+from . import _engine, _linux
 from ._backends import BackendName, resolve_backend
 from ._child import Child
-from ._errors import NotInstalledError, NotOurChildError, ReaperError
+from ._detach import spawn_detached
+from ._errors import NotInstalledError, NotOurChildError, ReaperError, StatusLostError
+from ._orphans import DEFAULT_GRACE, AllScope, wait_for_child
 from ._owners import PidOwner, PopenOwner, ProcessOwner
 from ._registry import Registry
 from ._status import ExitStatus
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("zombiereaper")
 
 Scope: TypeAlias = Literal["owned", "all"]
-_SCOPES: Final = ("owned",)
+_SCOPES: Final = ("owned", "all")
 
 _Arg: TypeAlias = "str | bytes | os.PathLike[str] | os.PathLike[bytes]"
 #: What ``subprocess.Popen`` takes as its first argument.
@@ -40,9 +42,11 @@ OnExit: TypeAlias = Callable[[ExitStatus], object]
 class Reaper:
     """Reaps the children it starts as soon as they exit, and keeps a record of each exit.
 
-    A Reaper owns the children it spawns and reaps only those: children that ``subprocess``,
-    ``multiprocessing`` or asyncio start for other code keep their exact exit codes. Every
-    installed Reaper in the process shares one reaping thread.
+    A Reaper owns the children it spawns (or watches) and, in the default owned scope, reaps
+    only those: children that ``subprocess``, ``multiprocessing`` or asyncio start for other
+    code keep their exact exit codes. With ``scope="all"`` (for PID 1 and subreapers) it also
+    reaps orphans and leaked children, still leaving alone those whose owners wait for them.
+    Every installed Reaper in the process shares one reaping thread.
 
     Use it as a context manager, which installs it and, on the way out, stops every child it
     spawned that still runs (SIGTERM, then SIGKILL after ``stop_timeout`` seconds)::
@@ -52,16 +56,25 @@ class Reaper:
             print(child.wait())
 
     Args:
-        scope: ``"owned"`` (the default) reaps only the children this Reaper started.
+        scope: ``"owned"`` (the default) reaps only the children this Reaper started or
+            watches; ``"all"`` reaps every child of the process, orphans included, after
+            ``grace`` seconds for those it cannot tie to an owner. One all-scope Reaper at most
+            may be installed at a time.
         history: How many exit records :attr:`registry` keeps; the oldest goes first.
         on_exit: Called with each :class:`ExitStatus` on the reaping thread, once per reaped
             child; an exception in it is logged to the ``zombiereaper`` logger.
         stop_timeout: Seconds between SIGTERM and SIGKILL when children are stopped.
         backend: ``"pidfd"``, ``"sigchld"``, or None to take pidfd where the system has it.
+        grace: All scope: seconds a zombie child that no owner can be found for is left to
+            whoever may still wait for it before it is reaped (0.75 by default).
+        subreaper: All scope, Linux: make this process a child subreaper while installed, so
+            that orphaned descendants (double-forked daemons included) come back to it.
 
     Raises:
         ValueError: An argument is out of range or not one of the choices.
         BackendUnavailableError: ``backend="pidfd"`` on a system without pidfds.
+        ReaperError: ``subreaper=True`` without ``scope="all"``, or where the system has no
+            subreaper flag.
     """
 
     def __init__(
@@ -72,10 +85,22 @@ class Reaper:
         on_exit: OnExit | None = None,
         stop_timeout: float = 5.0,
         backend: BackendName | None = None,
+        grace: float = DEFAULT_GRACE,
+        subreaper: bool = False,
     ) -> None:
         if scope not in _SCOPES:
-            raise ValueError(
-                f"scope must be 'owned' (the only scope this version has), got {scope!r}"
+            raise ValueError(f"scope must be 'owned' or 'all', got {scope!r}")
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
+            raise ValueError(f"grace must be a number of seconds >= 0, got {grace!r}")
+        if subreaper and scope != "all":
+            raise ReaperError(
+                "subreaper=True needs scope='all': orphans that come back to a subreaper are "
+                "nobody's children but ours, and only the all scope reaps them"
+            )
+        if subreaper and not _linux.can_be_subreaper():
+            raise ReaperError(
+                "subreaper=True needs Linux 3.4+ (prctl PR_SET_CHILD_SUBREAPER); this system "
+                "has no child subreaper flag"
             )
         if isinstance(history, bool) or not isinstance(history, int) or history < 0:
             raise ValueError(f"history must be an int >= 0, got {history!r}")
@@ -96,6 +121,10 @@ class Reaper:
         # it exited, returns the same Child.
         self._by_target: weakref.WeakKeyDictionary[Any, Child] = weakref.WeakKeyDictionary()
         self._engine: _engine.Engine | None = None
+        self._grace = float(grace)
+        self._subreaper = subreaper
+        self._subreaper_before: bool | None = None
+        self._all_scope: AllScope | None = None
 
     # --- configuration and state --------------------------------------------------------------
 
@@ -150,7 +179,21 @@ class Reaper:
                 raise ReaperError(
                     "this Reaper is already installed; pair each install() with one uninstall()"
                 )
-            self._engine = _engine.acquire(self)
+            engine = _engine.acquire(self)
+            try:
+                if self._scope == "all":
+                    self._all_scope = AllScope(self, self._grace)
+                    engine.attach_all_scope(self._all_scope)
+                if self._subreaper:
+                    self._subreaper_before = _linux.is_child_subreaper()
+                    _linux.set_child_subreaper(True)
+            except BaseException:
+                if self._all_scope is not None:
+                    engine.detach_all_scope(self._all_scope)
+                    self._all_scope = None
+                _engine.release(self)
+                raise
+            self._engine = engine
         return self
 
     def uninstall(self) -> None:
@@ -177,6 +220,13 @@ class Reaper:
         try:
             self._stop_children(engine)
         finally:
+            if self._all_scope is not None:
+                engine.detach_all_scope(self._all_scope)
+                self._all_scope = None
+            if self._subreaper_before is not None:
+                # Restored, not cleared: an outer init may have made this process a subreaper.
+                _linux.set_child_subreaper(self._subreaper_before)
+                self._subreaper_before = None
             _engine.release(self)
 
     def __enter__(self) -> Self:
@@ -339,21 +389,40 @@ class Reaper:
         )
 
     def wait(self, pid: int, timeout: float | None = None) -> ExitStatus:
-        """Wait for the child ``pid`` that this Reaper owns and return its exit status.
+        """Wait for the child ``pid`` and return its exit status.
+
+        In the owned scope ``pid`` must be a child this Reaper spawned or watches. In the all
+        scope it may be any child of the process (a reparented daemon, say); a child that
+        other code waits for is never taken from it: the status is read without reaping.
 
         Args:
-            pid: A pid that this Reaper spawned.
+            pid: The child's pid.
             timeout: Seconds to wait at most; None waits as long as it takes.
 
         Raises:
-            NotOurChildError: This Reaper does not own ``pid`` (or its record left the history).
+            NotOurChildError: ``pid`` is not a child this Reaper can wait for (or its record
+                left the history).
             WaitTimeout: The child still ran after ``timeout`` seconds (a TimeoutError).
         """
         with self._lock:
             child = self._children.get(pid)
         if child is not None:
             return child.wait(timeout)
+        if self._all_scope is not None:
+            return self._wait_any_child(pid, timeout)
         return self._recorded(pid)
+
+    def _wait_any_child(self, pid: int, timeout: float | None) -> ExitStatus:
+        try:
+            return wait_for_child(pid, timeout)
+        except NotOurChildError:
+            return self._recorded(pid)
+        except StatusLostError:
+            # Its owner reaped it while we waited; the sweep may have seen its status first.
+            status = self._registry.get(pid)
+            if status is None:
+                raise
+            return status
 
     def _recorded(self, pid: int) -> ExitStatus:
         status = self._registry.get(pid)
@@ -400,7 +469,72 @@ class Reaper:
         for child in self.children:
             if engine.settle(child) and child.status is not None:
                 reaped.append(child.status)
+        if self._all_scope is not None:
+            reaped.extend(engine.sweep_all_scope())
         return reaped
+
+    def spawn_detached(
+        self,
+        args: Command,
+        *,
+        cwd: str | os.PathLike[str] = "/",
+        env: Mapping[str, str] | None = None,
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+        pass_fds: Iterable[int] = (),
+    ) -> int:
+        """Start a daemon: a double fork into an orphan in a session of its own.
+
+        The intermediate process is reaped before this returns, so no zombie is ever left,
+        also when the program fails to start. The daemon runs in a new session and process
+        group, with an empty signal mask and default signal dispositions; it is not a child
+        of ours: it is reparented to init, or to the nearest subreaper (this process, with
+        ``Reaper(scope="all", subreaper=True)``, which then reaps it and records its exit).
+        Nothing of ours runs between fork and exec: a fresh helper process does the forking.
+        The Reaper need not be installed.
+
+        Args:
+            args: The program and its arguments.
+            cwd: Its working directory ("/" by default, so that it pins no mount).
+            env: Its environment (this process's by default).
+            stdin: Its standard input: a file object or descriptor; /dev/null by default.
+            stdout: Its standard output; /dev/null by default.
+            stderr: Its standard error; /dev/null by default.
+            pass_fds: Descriptors it inherits; it inherits no other descriptor of ours.
+
+        Returns:
+            The daemon's pid, once its program has been executed.
+
+        Raises:
+            FileNotFoundError: The program does not exist.
+            PermissionError: The program cannot be executed.
+            ReaperError: The helper process could not run.
+        """
+        scope = self._all_scope
+        helper_pids: list[int] = []
+
+        def leave_helper_alone(pid: int) -> None:
+            # An all-scope sweep must not reap (and record) our own helper: we reap it.
+            helper_pids.append(pid)
+            if scope is not None:
+                scope.leave_alone(pid)
+
+        try:
+            return spawn_detached(
+                args,
+                cwd=cwd,
+                env=env,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=pass_fds,
+                on_helper=leave_helper_alone,
+            )
+        finally:
+            if scope is not None:
+                for pid in helper_pids:
+                    scope.release(pid)
 
     # --- called by the engine ---------------------------------------------------------------
 
@@ -421,6 +555,13 @@ class Reaper:
         if on_exit is not None:
             child._engine.call_soon(lambda: self._call_on_exit(on_exit, status))
 
+    def _record_foreign(self, status: ExitStatus) -> None:
+        """Record the exit of a child found by the all-scope sweep (on the reaping thread)."""
+        self._registry._record(status)
+        on_exit = self._on_exit
+        if on_exit is not None:
+            self._call_on_exit(on_exit, status)
+
     def _call_on_exit(self, on_exit: OnExit, status: ExitStatus) -> None:
         try:
             on_exit(status)
@@ -434,6 +575,9 @@ class Reaper:
         self._children = {}
         self._by_target = weakref.WeakKeyDictionary()
         self._registry = Registry(self._registry.history)
+        self._all_scope = None
+        # The flag is per process and a fork does not inherit it: nothing to restore here.
+        self._subreaper_before = None
 
     def __repr__(self) -> str:
         state = "installed" if self.installed else "not installed"

@@ -1,0 +1,205 @@
+"""Linux specifics: the child subreaper flag (prctl) and readers of /proc.
+
+Everything here answers a capability question or reads the kernel's view of processes; the
+rest of the library asks these functions and never checks the platform name itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+from dataclasses import dataclass
+from typing import Final
+
+_PR_SET_CHILD_SUBREAPER: Final = 36
+_PR_GET_CHILD_SUBREAPER: Final = 37
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStat:
+    """The fields of /proc/PID/stat that reaping needs.
+
+    Attributes:
+        pid: The process id.
+        state: One letter: R, S, D, Z (zombie), T, t, X...
+        ppid: The parent's pid.
+        start_time: When the process started, in clock ticks since boot: with the pid, it
+            names one process for good, even after the pid is reused.
+    """
+
+    pid: int
+    state: str
+    ppid: int
+    start_time: int
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """(pid, start_time): a name that a reused pid cannot take."""
+        return self.pid, self.start_time
+
+
+def parse_stat(text: str) -> ProcStat:
+    """Parse the content of /proc/PID/stat.
+
+    The command name sits in parentheses and may itself hold spaces and parentheses, so the
+    fields are counted from the last ``)``.
+
+    Raises:
+        ValueError: The text is not a stat line.
+    """
+    head, sep, tail = text.rpartition(")")
+    if not sep:
+        raise ValueError(f"not a /proc/PID/stat line: {text[:80]!r}")
+    pid = int(head.split("(", 1)[0])
+    fields = tail.split()
+    # After the name: state(3) ppid(4) ... starttime(22), so index = field number - 3.
+    return ProcStat(pid=pid, state=fields[0], ppid=int(fields[1]), start_time=int(fields[19]))
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """The stat fields of ``pid``, or None if no such process exists (or /proc is missing)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as file:
+            return parse_stat(file.read())
+    except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+        return None
+
+
+def _children_files() -> list[str]:
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return []
+    return [f"/proc/self/task/{task}/children" for task in tasks]
+
+
+@functools.cache
+def has_proc_children() -> bool:
+    """Whether the kernel lists children in /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN)."""
+    return any(os.path.exists(path) for path in _children_files())
+
+
+def child_pids() -> list[int]:
+    """The pids of this process's children, from /proc.
+
+    Reads /proc/self/task/*/children where the kernel has them, else scans the parent pid of
+    every process in /proc/*/stat.
+    """
+    if has_proc_children():
+        pids: list[int] = []
+        for path in _children_files():
+            try:
+                with open(path, encoding="ascii") as file:
+                    pids.extend(int(word) for word in file.read().split())
+            except OSError:
+                continue
+        return pids
+    me = os.getpid()
+    found = []
+    for stat in _all_stats():
+        if stat.ppid == me:
+            found.append(stat.pid)
+    return found
+
+
+def _all_stats() -> list[ProcStat]:
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    stats = []
+    for name in names:
+        if name.isdigit():
+            stat = read_stat(int(name))
+            if stat is not None:
+                stats.append(stat)
+    return stats
+
+
+def zombie_children() -> list[ProcStat]:
+    """This process's children that are zombies, each named by pid and start time."""
+    me = os.getpid()
+    zombies = []
+    for pid in child_pids():
+        stat = read_stat(pid)
+        if stat is not None and stat.state == "Z" and stat.ppid == me:
+            zombies.append(stat)
+    return zombies
+
+
+def pidfd_targets(exclude: frozenset[int] = frozenset()) -> set[int]:
+    """The pids for which this process holds a pidfd (other than the descriptors in ``exclude``).
+
+    asyncio's pidfd child watcher (3.12+), among others, holds one for each child it waits for:
+    /proc/self/fdinfo tells which pid each pidfd names.
+    """
+    targets: set[int] = set()
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return targets
+    for name in fds:
+        fd = int(name)
+        if fd in exclude:
+            continue
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") != "anon_inode:[pidfd]":
+                continue
+            with open(f"/proc/self/fdinfo/{name}", encoding="ascii") as file:
+                for line in file:
+                    if line.startswith("Pid:"):
+                        targets.add(int(line.split()[1]))
+        except (OSError, ValueError):
+            continue
+    return targets
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+
+
+def _prctl(option: int, arg: int) -> int:
+    libc = _libc()
+    if libc is None or not hasattr(libc, "prctl"):
+        raise OSError(0, "this C library has no prctl()")
+    result = ctypes.c_int(0)
+    argument = ctypes.byref(result) if option == _PR_GET_CHILD_SUBREAPER else ctypes.c_ulong(arg)
+    if libc.prctl(ctypes.c_int(option), argument, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result.value
+
+
+def is_child_subreaper() -> bool:
+    """Whether this process is a child subreaper.
+
+    Raises:
+        OSError: The system has no such flag (not Linux 3.4+).
+    """
+    return bool(_prctl(_PR_GET_CHILD_SUBREAPER, 0))
+
+
+def set_child_subreaper(on: bool) -> None:
+    """Make this process a child subreaper (orphaned descendants come back to it), or not.
+
+    Raises:
+        OSError: The system has no such flag (not Linux 3.4+).
+    """
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1 if on else 0)
+
+
+@functools.cache
+def can_be_subreaper() -> bool:
+    """Whether PR_SET_CHILD_SUBREAPER works here."""
+    try:
+        is_child_subreaper()
+    except OSError:
+        return False
+    return True

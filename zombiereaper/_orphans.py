@@ -1,0 +1,315 @@
+"""All scope: reap every child of the process, orphans included, without stealing from owners.
+
+The rule, and why it is safe:
+
+1. A zombie child is found by listing this process's children in /proc (``waitid(P_ALL,
+   WNOWAIT)`` cannot enumerate: it returns the same first zombie forever) and is named by its
+   pid *and* start time, so a reused pid is never mistaken for an old zombie.
+2. Its status is read at once with ``waitid(WNOWAIT)``, which does not reap, and recorded.
+3. It is left alone for ``grace`` seconds: code that waits for its own children (a blocking
+   ``Popen.wait()``, asyncio's watcher thread, ``os.waitpid``) reaps it in that time and keeps
+   its status.
+4. After the grace, the owner is looked for: a live ``subprocess.Popen`` for that pid (its
+   ``poll()`` reaps it under Popen's own lock, so the owner's later ``wait()`` returns the real
+   code); a live ``multiprocessing`` Process (its exit code is stored in it before reaping);
+   multiprocessing's fork server and resource tracker; any pidfd that other code holds for
+   that pid (asyncio's pidfd watcher on 3.12+, visible in /proc/self/fdinfo), in which case the
+   child is left to that owner for good.
+5. Only a zombie with no owner found is reaped directly, through a pidfd checked against the
+   start time, so the reaping can never hit another process that took the pid.
+
+An owner we cannot recognize that waits later than the grace (a bare ``os.waitpid`` on a raw
+fork, seconds after the exit) is the one case that can lose a status; the grace is the floor.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from . import _linux
+from ._backends import pidfd
+from ._errors import NotOurChildError, StatusLostError, WaitTimeout
+from ._status import ExitStatus, decode_wait_status, wait_status_from_waitid
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from ._reaper import Reaper
+
+#: How long an unknown zombie is left to its owner before it is reaped.
+DEFAULT_GRACE: Final = 0.75
+
+_PEEK: Final = os.WEXITED | os.WNOHANG | getattr(os, "WNOWAIT", 0)
+
+
+def peek_child(pid: int) -> ExitStatus | None:
+    """The status of the exited child ``pid``, without reaping it; None while it runs.
+
+    Raises:
+        ChildProcessError: ``pid`` is not an unreaped child of this process.
+    """
+    result = os.waitid(os.P_PID, pid, _PEEK)
+    if result is None:
+        return None
+    return decode_wait_status(pid, wait_status_from_waitid(result.si_code, result.si_status))
+
+
+def has_zombie_child() -> bool:
+    """Whether this process has at least one child that has exited and not been reaped."""
+    try:
+        return os.waitid(os.P_ALL, 0, _PEEK) is not None
+    except ChildProcessError:
+        return False
+
+
+def reap_zombie(zombie: _linux.ProcStat) -> ExitStatus | None:
+    """Reap exactly the zombie that was seen, never a process that has taken its pid since."""
+    if pidfd.is_available():
+        try:
+            fd = os.pidfd_open(zombie.pid)
+        except (ProcessLookupError, OSError):
+            fd = -1
+        if fd >= 0:
+            try:
+                # The pidfd was opened before this check: if the pid still names the zombie
+                # (same start time), the pidfd names it too.
+                if _same_process(zombie):
+                    result = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+                    return _decode(zombie.pid, result)
+                return None
+            except ChildProcessError:
+                return None
+            finally:
+                os.close(fd)
+    # Without pidfds the window left is the pid being reaped and reused between two calls.
+    if not _same_process(zombie):
+        return None
+    try:
+        return _decode(zombie.pid, os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOHANG))
+    except ChildProcessError:
+        return None
+
+
+def _same_process(zombie: _linux.ProcStat) -> bool:
+    now = _linux.read_stat(zombie.pid)
+    return now is not None and now.start_time == zombie.start_time
+
+
+def _decode(pid: int, result: Any) -> ExitStatus | None:
+    if result is None:
+        return None
+    return decode_wait_status(pid, wait_status_from_waitid(result.si_code, result.si_status))
+
+
+# --- owners ---------------------------------------------------------------------------------------
+
+
+def _live_popens(pids: set[int]) -> dict[int, subprocess.Popen[Any]]:
+    """Popen objects still alive in this process for the given pids."""
+    found: dict[int, subprocess.Popen[Any]] = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, subprocess.Popen) and obj.pid in pids and obj.returncode is None:
+            found[obj.pid] = obj
+    return found
+
+
+def _live_processes(pids: set[int]) -> dict[int, Any]:
+    """Multiprocessing Process objects started here and not yet cleaned up, by pid."""
+    module = sys.modules.get("multiprocessing.process")
+    found: dict[int, Any] = {}
+    for process in list(getattr(module, "_children", ())):
+        popen = getattr(process, "_popen", None)
+        pid = getattr(popen, "pid", None)
+        if pid in pids:
+            found[pid] = process
+    return found
+
+
+def _multiprocessing_helpers() -> set[int]:
+    """The pids of multiprocessing's fork server and resource tracker, which it waits for."""
+    pids: set[int] = set()
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    for value in (
+        getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None),
+        getattr(getattr(tracker, "_resource_tracker", None), "_pid", None),
+    ):
+        if isinstance(value, int):
+            pids.add(value)
+    return pids
+
+
+# --- the sweep ------------------------------------------------------------------------------------
+
+
+class AllScope:
+    """The all-scope part of one Reaper: finds, records and reaps every other zombie child."""
+
+    def __init__(self, reaper: Reaper, grace: float) -> None:
+        self._reaper = reaper
+        self._grace = grace
+        self._lock = threading.Lock()
+        #: zombie (pid, start time) -> when to look at it again
+        self._next_look: dict[tuple[int, int], float] = {}
+        self._recorded: set[tuple[int, int]] = set()
+        self._left_alone: set[int] = set()
+
+    @property
+    def reaper(self) -> Reaper:
+        """The all-scope Reaper this sweep records for."""
+        return self._reaper
+
+    @property
+    def grace(self) -> float:
+        """Seconds an unknown zombie is left to its owner."""
+        return self._grace
+
+    def leave_alone(self, pid: int) -> None:
+        """Never touch ``pid`` (a helper of ours that we reap ourselves) until released."""
+        with self._lock:
+            self._left_alone.add(pid)
+
+    def release(self, pid: int) -> None:
+        """Undo :meth:`leave_alone`."""
+        with self._lock:
+            self._left_alone.discard(pid)
+
+    def sweep(
+        self, now: float, owned: Iterable[int], our_pidfds: frozenset[int]
+    ) -> tuple[list[ExitStatus], float | None]:
+        """Record new zombies, reap those whose grace is over; return statuses and next deadline."""
+        with self._lock:
+            if not has_zombie_child():
+                self._next_look.clear()
+                self._recorded.clear()
+                return [], None
+            skip = set(owned) | self._left_alone
+            zombies = [z for z in _linux.zombie_children() if z.pid not in skip]
+            present = {z.key for z in zombies}
+            self._next_look = {k: t for k, t in self._next_look.items() if k in present}
+            self._recorded &= present
+            recorded = [status for z in zombies if (status := self._record_once(z)) is not None]
+            due = [
+                z for z in zombies if self._next_look.setdefault(z.key, now + self._grace) <= now
+            ]
+            if due:
+                self._settle(due, our_pidfds, now)
+            return recorded, min(self._next_look.values(), default=None)
+
+    def _record_once(self, zombie: _linux.ProcStat) -> ExitStatus | None:
+        if zombie.key in self._recorded:
+            return None
+        try:
+            status = peek_child(zombie.pid)
+        except ChildProcessError:
+            return None  # its owner reaped it since the listing
+        if status is None:
+            return None
+        self._recorded.add(zombie.key)
+        return status
+
+    def _settle(self, due: list[_linux.ProcStat], our_pidfds: frozenset[int], now: float) -> None:
+        pids = {z.pid for z in due}
+        held = _linux.pidfd_targets(exclude=our_pidfds)
+        unheld = pids - held
+        popens = _live_popens(unheld) if unheld else {}
+        processes = _live_processes(unheld - popens.keys())
+        helpers = _multiprocessing_helpers()
+        for zombie in due:
+            pid = zombie.pid
+            if pid in held or pid in helpers:
+                reaped = False  # its owner holds a pidfd for it, or waits for it by design
+            elif pid in popens:
+                # Through Popen's own lock: its later wait() returns the real code. None means
+                # its owner holds the lock (is reaping it right now).
+                reaped = popens[pid].poll() is not None
+            elif pid in processes:
+                reaped = self._reap_for_process(zombie, processes[pid])
+            else:
+                reaped = reap_zombie(zombie) is not None
+            if reaped:
+                self._next_look.pop(zombie.key, None)
+            else:
+                self._next_look[zombie.key] = now + self._grace
+
+    def _reap_for_process(self, zombie: _linux.ProcStat, process: Any) -> bool:
+        try:
+            status = peek_child(zombie.pid)
+        except ChildProcessError:
+            return True
+        popen = getattr(process, "_popen", None)
+        if status is not None and popen is not None and getattr(popen, "returncode", 0) is None:
+            # Stored first, so its poll() answers without a waitpid that would see ECHILD.
+            popen.returncode = status.returncode
+        return reap_zombie(zombie) is not None
+
+
+def wait_for_child(pid: int, timeout: float | None) -> ExitStatus:
+    """Wait for any child of ours to exit and return its status, without reaping it.
+
+    Raises:
+        NotOurChildError: ``pid`` is not an unreaped child of this process.
+        WaitTimeout: It still ran after ``timeout`` seconds.
+        StatusLostError: Its owner reaped it while we waited, and kept the status to itself.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        status = peek_child(pid)
+    except ChildProcessError:
+        raise NotOurChildError(pid, f"pid {pid} is not a child of this process") from None
+    if status is not None:
+        return status
+    if pidfd.is_available():
+        return _wait_with_pidfd(pid, deadline, timeout)
+    delay = 0.001
+    while True:
+        try:
+            status = peek_child(pid)
+        except ChildProcessError:
+            raise StatusLostError(pid) from None
+        if status is not None:
+            return status
+        if deadline is not None and time.monotonic() >= deadline:
+            raise WaitTimeout(pid, timeout or 0.0)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _wait_with_pidfd(pid: int, deadline: float | None, timeout: float | None) -> ExitStatus:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise StatusLostError(pid) from None
+    try:
+        try:
+            # The pidfd names whatever has the pid now: it must still be our unreaped child.
+            status = _decode(pid, os.waitid(os.P_PIDFD, fd, _PEEK))
+        except ChildProcessError:
+            raise StatusLostError(pid) from None
+        if status is not None:
+            return status
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if poller.poll(None if remaining is None else remaining * 1000):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(pid, timeout or 0.0)
+        try:
+            result = os.waitid(os.P_PIDFD, fd, _PEEK)
+        except ChildProcessError:
+            raise StatusLostError(pid) from None
+        status = _decode(pid, result)
+        if status is None:  # pragma: no cover - a readable pidfd means it has exited
+            raise StatusLostError(pid)
+        return status
+    finally:
+        os.close(fd)
