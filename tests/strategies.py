@@ -40,4 +40,8 @@ endings = st.one_of(
     st.tuples(st.just("signal"), fatal_signals.map(int)),
 )
 lifetimes = st.sampled_from([0.0, 0.001, 0.005, 0.01, 0.02, 0.035, 0.05])
-children_plans = st.lists(st.tuples(endings, lifetimes), min_size=1, max_size=100)
+#: Whether the owner also calls popen.wait() itself, racing the reaping thread.
+owner_waits = st.booleans()
+#: A burst of children, drawn whole before any starts (a lazy draw could end the example, and
+#: stop the children, halfway through).
+children_plans = st.lists(st.tuples(endings, lifetimes, owner_waits), min_size=1, max_size=100)
