@@ -11,6 +11,7 @@ Owned scope only: the engine reaps the pids it was given, one by one, and never 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import select
@@ -21,10 +22,11 @@ from typing import TYPE_CHECKING, Final
 
 from . import _sighandler
 from ._errors import ReaperError
+from ._orphans import Ownership
 from ._owners import Running
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from ._backends import BackendName
     from ._child import Child
@@ -61,6 +63,10 @@ class Engine:
         self._by_pid: dict[int, Child] = {}
         self._all_scope: AllScope | None = None
         self._all_deadline: float | None = None
+        #: spawn() calls between their fork and the registration of the child's pid: until
+        #: then the new child looks like nobody's to the all-scope sweep.
+        self._spawning = 0
+        self._spawns = 0
         self._callbacks: collections.deque[Callable[[], None]] = collections.deque()
         self._users = 0
         self._stopping = False
@@ -121,6 +127,27 @@ class Engine:
         child._finish()
         return True
 
+    def _ownership(self) -> Ownership:
+        with self._lock:
+            return Ownership(
+                owned=frozenset(self._by_pid),
+                our_pidfds=frozenset(self._by_fd),
+                spawning=self._spawning,
+                spawns=self._spawns,
+            )
+
+    @contextlib.contextmanager
+    def spawning(self) -> Iterator[None]:
+        """Mark a spawn in progress, so that the all scope reaps no unknown child meanwhile."""
+        with self._lock:
+            self._spawning += 1
+            self._spawns += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._spawning -= 1
+
     def attach_all_scope(self, scope: AllScope) -> None:
         """Start sweeping for every zombie child on behalf of ``scope``'s Reaper.
 
@@ -143,17 +170,24 @@ class Engine:
                 self._all_scope = None
                 self._all_deadline = None
 
-    def sweep_all_scope(self) -> list[ExitStatus]:
-        """Run the all-scope sweep now (from any thread); return the statuses it recorded."""
+    def sweep_all_scope(
+        self, *, only: int | None = None, skip_grace: bool = False
+    ) -> list[ExitStatus]:
+        """Run the all-scope sweep now (from any thread); return the statuses it recorded.
+
+        ``only`` limits it to one pid; ``skip_grace`` settles zombies still in their grace
+        (see :meth:`AllScope.sweep`).
+        """
         scope = self._all_scope
         if scope is None:
             return []
-        with self._lock:
-            owned = list(self._by_pid)
-            our_pidfds = frozenset(self._by_fd)
-        recorded, self._all_deadline = scope.sweep(time.monotonic(), owned, our_pidfds)
+        recorded, deadline = scope.sweep(
+            time.monotonic(), self._ownership, only=only, skip_grace=skip_grace
+        )
+        if only is None:
+            self._all_deadline = deadline
         for status in recorded:
-            scope.reaper._record_foreign(status)
+            scope.reaper._record_foreign(status, self)
         return recorded
 
     # --- the thread ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _linux
@@ -39,12 +40,15 @@ from ._errors import NotOurChildError, StatusLostError, WaitTimeout
 from ._status import ExitStatus, decode_wait_status, wait_status_from_waitid
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable
 
     from ._reaper import Reaper
 
 #: How long an unknown zombie is left to its owner before it is reaped.
 DEFAULT_GRACE: Final = 0.75
+
+#: How soon to look again at zombies held back while one of our spawns is in progress.
+_HOLD_RETRY: Final = 0.01
 
 _PEEK: Final = os.WEXITED | os.WNOHANG | getattr(os, "WNOWAIT", 0)
 
@@ -115,8 +119,10 @@ def _live_popens(pids: set[int]) -> dict[int, subprocess.Popen[Any]]:
     """Popen objects still alive in this process for the given pids."""
     found: dict[int, subprocess.Popen[Any]] = {}
     for obj in gc.get_objects():
-        if isinstance(obj, subprocess.Popen) and obj.pid in pids and obj.returncode is None:
-            found[obj.pid] = obj
+        # getattr: a Popen still in its __init__ may not have its pid yet.
+        pid = getattr(obj, "pid", None) if isinstance(obj, subprocess.Popen) else None
+        if pid in pids and obj.returncode is None:
+            found[pid] = obj
     return found
 
 
@@ -147,6 +153,23 @@ def _multiprocessing_helpers() -> set[int]:
 
 
 # --- the sweep ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """What the installed Reapers own, as the all-scope sweep must leave it alone.
+
+    Attributes:
+        owned: Pids of the children that Reapers watch as their own.
+        our_pidfds: The engine's own pidfds (not another owner's).
+        spawning: spawn() calls between their fork and the registration of the child.
+        spawns: How many spawn() calls have started so far.
+    """
+
+    owned: frozenset[int]
+    our_pidfds: frozenset[int]
+    spawning: int
+    spawns: int
 
 
 class AllScope:
@@ -182,25 +205,49 @@ class AllScope:
             self._left_alone.discard(pid)
 
     def sweep(
-        self, now: float, owned: Iterable[int], our_pidfds: frozenset[int]
+        self,
+        now: float,
+        ownership: Callable[[], Ownership],
+        *,
+        only: int | None = None,
+        skip_grace: bool = False,
     ) -> tuple[list[ExitStatus], float | None]:
-        """Record new zombies, reap those whose grace is over; return statuses and next deadline."""
+        """Record new zombies, reap those whose grace is over; return statuses and next deadline.
+
+        Args:
+            now: The monotonic time.
+            ownership: What the installed Reapers own right now (asked before and after the
+                listing of zombies).
+            only: Look at this pid only.
+            skip_grace: Settle now the zombies still in their grace (owners found keep theirs).
+        """
         with self._lock:
             if not has_zombie_child():
                 self._next_look.clear()
                 self._recorded.clear()
                 return [], None
-            skip = set(owned) | self._left_alone
-            zombies = [z for z in _linux.zombie_children() if z.pid not in skip]
-            present = {z.key for z in zombies}
-            self._next_look = {k: t for k, t in self._next_look.items() if k in present}
-            self._recorded &= present
+            before = ownership()
+            listed = _linux.zombie_children()
+            after = ownership()
+            if after.spawning or after.spawns != before.spawns:
+                # One of our spawns may have forked a child it has not registered yet: it
+                # would look like nobody's. Touch nothing, look again in a moment.
+                self._next_look = {k: min(t, now + _HOLD_RETRY) for k, t in self._next_look.items()}
+                return [], now + _HOLD_RETRY
+            skip = before.owned | after.owned | self._left_alone
+            zombies = [z for z in listed if z.pid not in skip and (only is None or z.pid == only)]
+            if only is None:
+                present = {z.key for z in zombies}
+                self._next_look = {k: t for k, t in self._next_look.items() if k in present}
+                self._recorded &= present
             recorded = [status for z in zombies if (status := self._record_once(z)) is not None]
             due = [
-                z for z in zombies if self._next_look.setdefault(z.key, now + self._grace) <= now
+                z
+                for z in zombies
+                if self._next_look.setdefault(z.key, now + self._grace) <= now or skip_grace
             ]
             if due:
-                self._settle(due, our_pidfds, now)
+                self._settle(due, after.our_pidfds, now)
             return recorded, min(self._next_look.values(), default=None)
 
     def _record_once(self, zombie: _linux.ProcStat) -> ExitStatus | None:

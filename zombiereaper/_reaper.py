@@ -219,6 +219,9 @@ class Reaper:
             self._engine = None
         try:
             self._stop_children(engine)
+            if self._all_scope is not None:
+                # Orphans still in their grace would stay zombies for good once nobody sweeps.
+                engine.sweep_all_scope(skip_grace=True)
         finally:
             if self._all_scope is not None:
                 engine.detach_all_scope(self._all_scope)
@@ -284,16 +287,18 @@ class Reaper:
             FileNotFoundError: The program does not exist (as Popen raises it).
             PermissionError: The program cannot be executed (as Popen raises it).
         """
-        if self._engine is None:
+        engine = self._engine
+        if engine is None:
             raise self._not_installed("spawn()")
-        popen: subprocess.Popen[Any] = subprocess.Popen(args, **popen_kwargs)
-        try:
-            return self._adopt(PopenOwner(popen), popen)
-        except BaseException:
-            # Nothing may be left behind: no process, no zombie, no record.
-            popen.kill()
-            popen.wait()
-            raise
+        with engine.spawning():
+            popen: subprocess.Popen[Any] = subprocess.Popen(args, **popen_kwargs)
+            try:
+                return self._adopt(PopenOwner(popen), popen)
+            except BaseException:
+                # Nothing may be left behind: no process, no zombie, no record.
+                popen.kill()
+                popen.wait()
+                raise
 
     def watch(self, target: int | subprocess.Popen[Any] | BaseProcess) -> Child:
         """Own a child that other code started, and record its exit like a spawned one's.
@@ -414,15 +419,20 @@ class Reaper:
 
     def _wait_any_child(self, pid: int, timeout: float | None) -> ExitStatus:
         try:
-            return wait_for_child(pid, timeout)
+            status = wait_for_child(pid, timeout)
         except NotOurChildError:
             return self._recorded(pid)
         except StatusLostError:
             # Its owner reaped it while we waited; the sweep may have seen its status first.
-            status = self._registry.get(pid)
-            if status is None:
+            recorded = self._registry.get(pid)
+            if recorded is None:
                 raise
-            return status
+            return recorded
+        engine = self._engine
+        if engine is not None:
+            # The caller waited for it: unless other code owns it, nobody else will reap it.
+            engine.sweep_all_scope(only=pid, skip_grace=True)
+        return status
 
     def _recorded(self, pid: int) -> ExitStatus:
         status = self._registry.get(pid)
@@ -555,12 +565,12 @@ class Reaper:
         if on_exit is not None:
             child._engine.call_soon(lambda: self._call_on_exit(on_exit, status))
 
-    def _record_foreign(self, status: ExitStatus) -> None:
-        """Record the exit of a child found by the all-scope sweep (on the reaping thread)."""
+    def _record_foreign(self, status: ExitStatus, engine: _engine.Engine) -> None:
+        """Record the exit of a child found by the all-scope sweep."""
         self._registry._record(status)
         on_exit = self._on_exit
         if on_exit is not None:
-            self._call_on_exit(on_exit, status)
+            engine.call_soon(lambda: self._call_on_exit(on_exit, status))
 
     def _call_on_exit(self, on_exit: OnExit, status: ExitStatus) -> None:
         try:
