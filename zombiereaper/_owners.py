@@ -45,6 +45,11 @@ RUNNING: Final = Running()
 #: between its waitpid returning and its assignment is a few bytecodes.
 _OWNER_STORE_TIMEOUT: Final = 1.0
 
+#: How long a forkserver worker's status is left for its owner's join() to read first. The
+#: status sits in the sentinel pipe and can be read once: a second, concurrent reader gets EOF
+#: and multiprocessing then stores 255. An owner blocked in join() reads it within this time.
+_FORKSERVER_OWNER_FIRST: Final = 0.02
+
 Outcome = ExitStatus | Running | None
 """What read_exit finds: the status, RUNNING, or None when a stranger took the status."""
 
@@ -216,7 +221,12 @@ class ProcessOwner:
         if notifier is None:
             return self._status_from_process()
         if isinstance(notifier, SentinelNotifier):
-            return self._status_from_process() if notifier.is_ready() else RUNNING
+            if not notifier.is_ready():
+                return RUNNING
+            code = _wait_for_owner(self._returncode, _FORKSERVER_OWNER_FIRST)
+            if code is not None:
+                return ExitStatus.from_returncode(self._pid, code)
+            return self._status_from_process()
         if not notifier.can_peek:
             code = self.process.exitcode
             return RUNNING if code is None else ExitStatus.from_returncode(self._pid, code)
@@ -263,7 +273,7 @@ class ProcessOwner:
 
     def _status_from_process(self) -> ExitStatus | None:
         # exitcode polls the Process's own machinery (waitpid, or the forkserver's pipe).
-        code = _wait_for_owner(lambda: self.process.exitcode)
+        code = _wait_for_owner(lambda: self.process.exitcode, _OWNER_STORE_TIMEOUT)
         return None if code is None else ExitStatus.from_returncode(self._pid, code)
 
 
@@ -360,9 +370,9 @@ def send_signal_if_still_ours(pid: int, sig: int, still_ours: Callable[[int | No
             pass
 
 
-def _wait_for_owner(read: Callable[[], int | None]) -> int | None:
+def _wait_for_owner(read: Callable[[], int | None], timeout: float) -> int | None:
     value = read()
-    deadline = time.monotonic() + _OWNER_STORE_TIMEOUT
+    deadline = time.monotonic() + timeout
     while value is None and time.monotonic() < deadline:
         time.sleep(0.001)
         value = read()
