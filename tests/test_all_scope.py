@@ -301,3 +301,10 @@ def _no_all_scope_left() -> Iterator[None]:
 
     engine = _engine.current()
     assert engine is None or engine._all_scope is None
+
+
+def test_the_all_scope_needs_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without /proc the all scope cannot find zombies: it is refused, saying what to use."""
+    monkeypatch.setattr(_linux, "can_list_children", lambda: False)
+    with pytest.raises(ReaperError, match="scope='owned'"):
+        Reaper(scope="all")

@@ -509,3 +509,51 @@ def test_no_signal_call_is_made_for_a_reaped_child(
         live.kill()
         assert len(calls) == 1
         live.wait(10)
+
+
+def test_an_infinite_stop_timeout_waits_as_long_as_it_takes(backend: str) -> None:
+    """stop_timeout=math.inf means no SIGKILL: the block waits for the child to obey SIGTERM."""
+    import math
+
+    with Reaper(backend=backend, stop_timeout=math.inf) as reaper:  # type: ignore[arg-type]
+        child = reaper.spawn(sh("exec sleep 30"))
+    assert child.status is not None
+    assert child.status.signal == signal.SIGTERM
+    assert child.stop(timeout=math.inf).signal == signal.SIGTERM
+
+
+def test_the_sigkill_warning_points_at_the_callers_code(backend: str) -> None:
+    """The RuntimeWarning about SIGKILL names the user's file, not zombiereaper's."""
+    with Reaper(backend=backend) as reaper:  # type: ignore[arg-type]
+        child = reaper.spawn(
+            py(
+                "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+                "print('ready', flush=True); time.sleep(60)"
+            ),
+            stdout=subprocess.PIPE,
+        )
+        assert read_line(child.popen.stdout) == "ready\n"  # type: ignore[union-attr]
+        with pytest.warns(RuntimeWarning, match="SIGKILL") as record:
+            child.stop(timeout=0.1)
+        assert record[0].filename == __file__
+        child.popen.stdout.close()  # type: ignore[union-attr]
+
+
+def test_a_status_taken_by_other_code_is_reported_as_lost(backend: str) -> None:
+    """A stranger's waitpid taking the status makes wait() raise StatusLostError, not say 0."""
+    from zombiereaper import StatusLostError
+
+    with Reaper(backend=backend) as reaper:  # type: ignore[arg-type]
+        child = reaper.spawn(py("import sys; sys.stdin.read()"), stdin=subprocess.PIPE)
+        # Holding the Child's lock keeps the reaping thread out while the stranger reaps.
+        with child._lock:
+            child.popen.stdin.close()  # type: ignore[union-attr]
+            pid, _ = os.waitpid(child.pid, 0)  # the stranger: a bare waitpid on our child
+            assert pid == child.pid
+        with pytest.raises(StatusLostError, match=f"pid {child.pid} was reaped by other code"):
+            child.wait(10)
+        with pytest.raises(StatusLostError):
+            reaper.wait(child.pid)
+        assert reaper.status(child.pid) is None
+        assert repr(child) == f"<Child pid={child.pid} status lost>"
+        child.popen.returncode = 0  # keep Popen's own cleanup from waiting for it again

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import threading
-import warnings
 from typing import TYPE_CHECKING, Any, Self
 
-from ._errors import NotOurChildError, ReaperError, StatusLostError, WaitTimeout
+from ._errors import (
+    NotOurChildError,
+    ReaperError,
+    StatusLostError,
+    WaitTimeout,
+    warn_at_caller,
+)
 from ._owners import PopenOwner, ProcessOwner
 
 if TYPE_CHECKING:
@@ -157,7 +163,7 @@ class Child:
                     "which would wait for itself; use child.poll() there, or wait from another "
                     "thread"
                 )
-            if not self._done.wait(timeout):
+            if not self._done.wait(finite_or_none(timeout)):
                 raise WaitTimeout(self.pid, 0.0 if timeout is None else timeout)
         return self._result()
 
@@ -241,10 +247,8 @@ class Child:
         try:
             return self.wait(grace)
         except WaitTimeout:
-            warnings.warn(
-                f"pid {self.pid} still ran {grace:g} s after SIGTERM; sent SIGKILL",
-                RuntimeWarning,
-                stacklevel=2,
+            warn_at_caller(
+                f"pid {self.pid} still ran {grace:g} s after SIGTERM; sent SIGKILL", RuntimeWarning
             )
             self.kill()
             return self.wait()
@@ -271,6 +275,13 @@ class Child:
         else:
             state = self._status.outcome
         return f"<Child pid={self.pid} {state}>"
+
+
+def finite_or_none(timeout: float | None) -> float | None:
+    """A timeout that threading accepts: infinity means no timeout at all."""
+    if timeout is None or math.isinf(timeout):
+        return None
+    return max(0.0, timeout)
 
 
 def _wake_future(future: asyncio.Future[None]) -> None:

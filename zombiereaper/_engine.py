@@ -5,7 +5,9 @@ the safety timer sweeps the pids watched by the sigchld backend) -> the engine r
 through its owner's machinery -> the owning Reaper records the status -> the Child's waiters,
 and ``on_exit`` on this thread, learn of it.
 
-Owned scope only: the engine reaps the pids it was given, one by one, and never waitpid(-1).
+The engine reaps the pids it was given one by one, and never calls waitpid(-1). When an
+all-scope Reaper is installed, the same thread also runs its sweep (zombiereaper._orphans),
+which finds the other zombie children through /proc and leaves owned ones alone.
 """
 
 from __future__ import annotations

@@ -2,6 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn_at_caller(message: str, category: type[Warning]) -> None:
+    """Warn, pointing at the first frame outside zombiereaper (the user's ``with`` or call)."""
+    # stacklevel 1 is this function, 2 its caller: count on from there.
+    level = 2
+    frame = sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        _PACKAGE_DIR + os.sep
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+
 
 class ReaperError(Exception):
     """The root of every error that zombiereaper raises itself."""

@@ -76,6 +76,12 @@ def _children_files() -> list[str]:
 
 
 @functools.cache
+def can_list_children() -> bool:
+    """Whether this process's children can be listed through /proc (a Linux /proc is mounted)."""
+    return os.path.exists(f"/proc/{os.getpid()}/stat")
+
+
+@functools.cache
 def has_proc_children() -> bool:
     """Whether the kernel lists children in /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN)."""
     return any(os.path.exists(path) for path in _children_files())

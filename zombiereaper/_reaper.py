@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import subprocess
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing.process import BaseProcess
@@ -15,9 +15,15 @@ from typing import IO, TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
 
 from . import _engine, _linux
 from ._backends import BackendName, resolve_backend
-from ._child import Child
+from ._child import Child, finite_or_none
 from ._detach import spawn_detached
-from ._errors import NotInstalledError, NotOurChildError, ReaperError, StatusLostError
+from ._errors import (
+    NotInstalledError,
+    NotOurChildError,
+    ReaperError,
+    StatusLostError,
+    warn_at_caller,
+)
 from ._orphans import DEFAULT_GRACE, AllScope, wait_for_child
 from ._owners import PidOwner, PopenOwner, ProcessOwner
 from ._registry import Registry
@@ -61,8 +67,10 @@ class Reaper:
             ``grace`` seconds for those it cannot tie to an owner. One all-scope Reaper at most
             may be installed at a time.
         history: How many exit records :attr:`registry` keeps; the oldest goes first.
-        on_exit: Called with each :class:`ExitStatus` on the reaping thread, once per reaped
-            child; an exception in it is logged to the ``zombiereaper`` logger.
+        on_exit: Called with each :class:`ExitStatus` recorded, on the reaping thread, once per
+            child (in the all scope, also for other code's children that it sees exit); never
+            for a status that other code took. An exception in it is logged to the
+            ``zombiereaper`` logger and reaping goes on.
         stop_timeout: Seconds between SIGTERM and SIGKILL when children are stopped.
         backend: ``"pidfd"``, ``"sigchld"``, or None to take pidfd where the system has it.
         grace: All scope: seconds a zombie child that no owner can be found for is left to
@@ -97,6 +105,11 @@ class Reaper:
                 "subreaper=True needs scope='all': orphans that come back to a subreaper are "
                 "nobody's children but ours, and only the all scope reaps them"
             )
+        if scope == "all" and not _linux.can_list_children():
+            raise ReaperError(
+                "scope='all' finds zombie children through /proc, which this system lacks; "
+                "use scope='owned' and spawn() or watch() each child"
+            )
         if subreaper and not _linux.can_be_subreaper():
             raise ReaperError(
                 "subreaper=True needs Linux 3.4+ (prctl PR_SET_CHILD_SUBREAPER); this system "
@@ -121,6 +134,8 @@ class Reaper:
         # it exited, returns the same Child.
         self._by_target: weakref.WeakKeyDictionary[Any, Child] = weakref.WeakKeyDictionary()
         self._engine: _engine.Engine | None = None
+        # pids whose status other code took (bounded like the registry): wait() says so.
+        self._lost: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._grace = float(grace)
         self._subreaper = subreaper
         self._subreaper_before: bool | None = None
@@ -135,7 +150,7 @@ class Reaper:
 
     @property
     def backend(self) -> BackendName:
-        """How this Reaper notices exits: ``"pidfd"`` or ``"sigchld"``."""
+        """The way this Reaper notices exits, ``"pidfd"`` or ``"sigchld"``."""
         return self._backend
 
     @property
@@ -251,14 +266,13 @@ class Reaper:
             child.terminate()
         deadline = time.monotonic() + self._stop_timeout
         for child in children:
-            child._done.wait(max(0.0, deadline - time.monotonic()))
+            child._done.wait(finite_or_none(deadline - time.monotonic()))
         stubborn = [child for child in children if not child._done.is_set()]
         if stubborn:
-            warnings.warn(
+            warn_at_caller(
                 f"{len(stubborn)} child(ren) still ran {self._stop_timeout:g} s after SIGTERM "
                 f"(pids {', '.join(str(child.pid) for child in stubborn)}); sent SIGKILL",
                 RuntimeWarning,
-                stacklevel=3,
             )
             for child in stubborn:
                 child.kill()
@@ -438,6 +452,8 @@ class Reaper:
         status = self._registry.get(pid)
         if status is not None:
             return status
+        if pid in self._lost:
+            raise StatusLostError(pid)
         raise NotOurChildError(
             pid,
             f"pid {pid} is not a child of this Reaper, or its record has left the history "
@@ -552,10 +568,16 @@ class Reaper:
         if status is not None:
             # Recorded before the child leaves the live set, so wait(pid) always finds it.
             self._registry._record(status)
+            with self._lock:
+                self._lost.pop(child.pid, None)
         with self._lock:
             if self._children.get(child.pid) is child:
                 del self._children[child.pid]
         if status is None:
+            with self._lock:
+                self._lost[child.pid] = None
+                while len(self._lost) > max(self._registry.history, 1):
+                    self._lost.popitem(last=False)
             logger.warning(
                 "pid %d was reaped by other code before zombiereaper could read its exit status",
                 child.pid,

@@ -34,7 +34,7 @@ class ExitStatus:
         return code is left; such a record never says ``core_dumped``.
 
         Raises:
-            ValueError: ``returncode`` is outside -127..255, or is 0 - N for no signal.
+            ValueError: ``returncode`` is neither an exit code (0 to 255) nor a signal (-1 to -126).
         """
         if not -127 <= returncode <= 255 or returncode == -127:
             raise ValueError(
@@ -79,7 +79,7 @@ class ExitStatus:
 
     @property
     def returncode(self) -> int:
-        """The ``subprocess`` convention: the exit code, or -N when signal N killed the child."""
+        """The exit code, or -N when signal N killed the child (``subprocess``'s convention)."""
         number = self.signal_number
         if number is not None:
             return -number
@@ -87,7 +87,7 @@ class ExitStatus:
 
     @property
     def shell_code(self) -> int:
-        """The shell convention, as ``$?``, tini and dumb-init report it: the code, or 128 + N."""
+        """The exit code, or 128 + N for signal N (``$?`` in a shell, tini's exit code)."""
         number = self.signal_number
         if number is not None:
             return 128 + number
@@ -100,7 +100,7 @@ class ExitStatus:
 
     @property
     def outcome(self) -> str:
-        """How the child ended, in words: ``"exited with code 3"``, ``"killed by SIGKILL"``."""
+        """How the child ended, in words, as ``"exited with code 3"`` or ``"killed by SIGKILL"``."""
         number = self.signal_number
         if number is None:
             return f"exited with code {self.returncode}"

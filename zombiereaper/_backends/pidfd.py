@@ -33,7 +33,16 @@ def is_available() -> bool:
     except OSError:
         # ENOSYS on kernels before 5.3, EPERM under some seccomp profiles.
         return False
-    os.close(fd)
+    try:
+        # Linux 5.3 has pidfd_open but not waitid(P_PIDFD) (5.4): that gives EINVAL. On our
+        # own pidfd a working waitid answers ECHILD: we are not our own child.
+        os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+    except ChildProcessError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     return True
 
 
