@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import signal
@@ -19,6 +18,7 @@ from ._errors import (
 from ._owners import PopenOwner, ProcessOwner
 
 if TYPE_CHECKING:
+    import asyncio
     import multiprocessing.process
     import subprocess
     from types import TracebackType
@@ -180,6 +180,8 @@ class Child:
         Raises:
             StatusLostError: Other code reaped the child and took its status.
         """
+        import asyncio  # noqa: PLC0415 - importing asyncio costs more than all of zombiereaper
+
         self._check_process()
         if not self._done.is_set():
             loop = asyncio.get_running_loop()
@@ -202,8 +204,14 @@ class Child:
 
     # --- signals ----------------------------------------------------------------------------
 
-    def send_signal(self, sig: int) -> None:
+    def send_signal(self, sig: int, *, group: bool = False) -> None:
         """Send ``sig`` to the child; do nothing if it has already been reaped.
+
+        Args:
+            sig: The signal number.
+            group: Send it to the child's whole process group instead (the group whose id is
+                the child's pid, as ``process_group=0`` or ``start_new_session=True`` make it).
+                Until the child is reaped its pid cannot be reused, so neither can the group id.
 
         Raises:
             NotOurChildError: Called in a forked process, where this pid is not a child.
@@ -213,7 +221,10 @@ class Child:
             if self._settled:
                 return
             try:
-                self._owner.send_signal(sig)
+                if group:
+                    os.killpg(self.pid, sig)
+                else:
+                    self._owner.send_signal(sig)
             except ProcessLookupError:
                 # Its own waiter in another thread reaped it a moment ago: nothing to signal.
                 pass

@@ -1,0 +1,262 @@
+"""``zombiereaper run``: a container init (PID 1) on top of the all-scope Reaper.
+
+It does what tini and dumb-init do (../shared/prior-art.md, "A PID-1 init must get these
+right"): run one program as its child, hand it every signal, reap every orphan, and exit with
+the program's status.
+
+- Every catchable signal but SIGCHLD gets a handler, so that as PID 1 the kernel delivers it
+  (it drops default-action signals sent to a namespace's init). The handler does nothing; the
+  C-level wakeup fd (``signal.set_wakeup_fd``) writes the signal's number into a pipe, and the
+  main loop forwards what it reads there. TSTP, TTIN and TTOU are forwarded like the others:
+  the init itself never stops.
+- The program is started before any thread exists, from a thread that blocks no signal:
+  ``subprocess`` (fork and exec in C) gives it an empty signal mask, ``restore_signals`` puts
+  SIGPIPE and SIGXFSZ (which Python ignores for itself) back to default, and exec resets every
+  handled signal to default. It runs in its own process group, which takes the terminal's
+  foreground when there is one.
+- The all-scope Reaper (no grace: nothing else in this process waits for children) reaps the
+  program through its Popen and every orphan that lands here; the program's exit is noticed
+  through its own pidfd, so it ends the init even when it arrives in one SIGCHLD with others.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, TextIO
+
+import psutil
+
+from . import _linux
+from ._reaper import Reaper
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from ._child import Child
+    from ._status import ExitStatus
+
+#: Exit statuses of the init itself, as shells and tini use them.
+EXIT_NOT_FOUND: Final = 127
+EXIT_CANNOT_EXECUTE: Final = 126
+EXIT_STATUS_LOST: Final = 255
+
+#: The byte the reaping thread writes into the wakeup pipe when the program has exited (signal
+#: numbers, which Python writes there, are never 0).
+_PROGRAM_EXITED: Final = b"\0"
+
+_NEVER_FORWARDED: Final = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD})
+
+
+def forwarded_signals() -> list[signal.Signals | int]:
+    """Every signal that can be caught here, but SIGCHLD."""
+    return sorted((sig for sig in signal.valid_signals() if sig not in _NEVER_FORWARDED), key=int)
+
+
+def parse_signal(text: str) -> int:
+    """Parse a signal given as ``TERM``, ``SIGTERM`` or ``15`` (0 means none).
+
+    Raises:
+        ValueError: No such signal.
+    """
+    name = text.strip().upper()
+    if name.isdigit():
+        number = int(name)
+        if number == 0 or number in {int(s) for s in signal.valid_signals()}:
+            return number
+        raise ValueError(f"no signal number {number} on this system")
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise ValueError(f"unknown signal {text!r} (try TERM, SIGUSR1 or 15)") from None
+
+
+@dataclass
+class InitOptions:
+    """What ``zombiereaper run`` was asked to do."""
+
+    argv: list[str]
+    group: bool = False
+    subreaper: bool = False
+    rewrite: dict[int, int] = field(default_factory=dict)
+    remap_exit: frozenset[int] = frozenset()
+    drain: float | None = None
+    verbose: int = 0
+
+
+class _Log:
+    def __init__(self, verbose: int, stream: TextIO) -> None:
+        self.verbose = verbose
+        self._stream = stream
+
+    def say(self, message: str) -> None:
+        print(f"zombiereaper: {message}", file=self._stream, flush=True)
+
+    def debug(self, message: str) -> None:
+        if self.verbose:
+            self.say(message)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """Handle a signal by doing nothing: the wakeup fd has already recorded it."""
+
+
+def _take_terminal() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # Runs only while this process has no other thread (before the Reaper starts its own).
+    # A background group asking for the foreground gets SIGTTOU unless it ignores it.
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        os.tcsetpgrp(0, os.getpgrp())
+    finally:
+        signal.signal(signal.SIGTTOU, signal.SIG_DFL)
+
+
+def _owns_terminal_foreground() -> bool:
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+def run_init(options: InitOptions, stderr: TextIO | None = None) -> int:
+    """Run ``options.argv`` as an init would, and return the exit status to exit with."""
+    log = _Log(options.verbose, stderr or sys.stderr)
+    wake_read, wake_write = os.pipe()
+    for fd in (wake_read, wake_write):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    for sig in forwarded_signals():
+        try:
+            signal.signal(sig, _ignore)
+        except (OSError, ValueError):
+            pass  # not catchable on this system
+    _become_subreaper_or_warn(options, log)
+
+    program = options.argv[0]
+    try:
+        popen: subprocess.Popen[bytes] = subprocess.Popen(
+            options.argv,
+            process_group=0,
+            restore_signals=True,
+            close_fds=False,  # like tini: the program gets every descriptor the init got
+            # No thread exists yet (the Reaper starts its own below): Python may run here.
+            preexec_fn=_take_terminal if _owns_terminal_foreground() else None,  # noqa: PLW1509
+        )
+    except FileNotFoundError:
+        log.say(f"{program}: command not found")
+        return EXIT_NOT_FOUND
+    except OSError as err:
+        log.say(f"{program}: cannot execute: {err.strerror}")
+        return EXIT_CANNOT_EXECUTE
+    log.debug(f"started {program} as pid {popen.pid}")
+
+    def on_exit(status: ExitStatus) -> None:
+        if status.pid == popen.pid:
+            os.write(wake_write, _PROGRAM_EXITED)
+        else:
+            log.debug(f"reaped orphan: {status}")
+
+    reaper = Reaper(scope="all", grace=0.0, on_exit=on_exit).install()
+    try:
+        child = reaper.watch(popen)
+        _forward_until_exit(child, options, wake_read, log)
+        if options.drain is not None:
+            _drain(options.drain, log)
+    finally:
+        reaper.uninstall()
+    return _exit_status(child.status, options, log)
+
+
+def _become_subreaper_or_warn(options: InitOptions, log: _Log) -> None:
+    if os.getpid() == 1:
+        return
+    if options.subreaper:
+        try:
+            _linux.set_child_subreaper(True)
+        except OSError as err:
+            log.say(f"cannot become a subreaper ({err.strerror}): orphans go to PID 1")
+        return
+    if not (_linux.can_be_subreaper() and _linux.is_child_subreaper()):
+        log.say(
+            "warning: not PID 1 and not a subreaper: orphans will not come back to "
+            "zombiereaper to be reaped (use -s/--subreaper)"
+        )
+
+
+def _forward_until_exit(child: Child, options: InitOptions, wake_read: int, log: _Log) -> None:
+    while child.running:
+        select.select([wake_read], [], [])
+        try:
+            received = os.read(wake_read, 4096)
+        except BlockingIOError:
+            continue
+        for number in received:
+            if number in (0, signal.SIGCHLD):
+                continue
+            target = options.rewrite.get(number, number)
+            if target == 0:
+                log.debug(f"dropped {_name(number)}")
+                continue
+            # After the program's exit this does nothing: it never reaches a recycled pid.
+            child.send_signal(target, group=options.group)
+            log.debug(f"forwarded {_name(number)} as {_name(target)} to pid {child.pid}")
+
+
+def _drain(seconds: float, log: _Log) -> None:
+    """TERM every remaining descendant, wait up to ``seconds``, KILL the rest; the Reaper reaps."""
+    descendants = _live_descendants()
+    if not descendants:
+        return
+    log.debug(f"draining {len(descendants)} process(es): SIGTERM")
+    for proc in descendants:
+        try:
+            proc.terminate()  # psutil checks pid and start time: never a recycled pid
+        except psutil.NoSuchProcess:
+            pass
+    deadline = time.monotonic() + seconds
+    while _live_descendants() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stubborn = _live_descendants()
+    if stubborn:
+        log.debug(f"{len(stubborn)} process(es) still ran after {seconds:g} s: SIGKILL")
+        for proc in stubborn:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+    while _live_descendants():
+        time.sleep(0.01)
+
+
+def _live_descendants() -> list[psutil.Process]:
+    alive = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _exit_status(status: ExitStatus | None, options: InitOptions, log: _Log) -> int:
+    if status is None:
+        log.say("the program's exit status was taken by other code")
+        return EXIT_STATUS_LOST
+    code = status.shell_code
+    log.debug(f"{options.argv[0]}: {status.outcome}")
+    return 0 if code in options.remap_exit else code
+
+
+def _name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
