@@ -65,15 +65,26 @@ def is_zombie_or_gone(pid: int) -> bool:
 
 
 def read_line(stream: object, timeout: float = 10.0) -> str:
-    """Read one line from a child's pipe, failing after ``timeout`` seconds."""
+    """Read one line from a child's pipe, failing after ``timeout`` seconds.
+
+    Reads the descriptor byte by byte, past the stream's buffer: a buffered readline could
+    swallow the next line too, and a later select() would then wait for it in vain.
+    """
     import select
 
     fileno = stream.fileno()  # type: ignore[attr-defined]
-    ready, _, _ = select.select([fileno], [], [], timeout)
-    if not ready:
-        raise AssertionError(f"no line from the child within {timeout} s")
-    line = stream.readline()  # type: ignore[attr-defined]
-    return line.decode() if isinstance(line, bytes) else str(line)
+    deadline = time.monotonic() + timeout
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        ready, _, _ = select.select([fileno], [], [], max(0.0, remaining))
+        if not ready:
+            raise AssertionError(f"no whole line from the child within {timeout} s: {line!r}")
+        byte = os.read(fileno, 1)
+        if not byte:
+            break  # end of file: return what came
+        line += byte
+    return line.decode()
 
 
 def pid_alive(pid: int) -> bool:

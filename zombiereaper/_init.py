@@ -128,6 +128,9 @@ def _owns_terminal_foreground() -> bool:
 def run_init(options: InitOptions, stderr: TextIO | None = None) -> int:
     """Run ``options.argv`` as an init would, and return the exit status to exit with."""
     log = _Log(options.verbose, stderr or sys.stderr)
+    # Whatever mask we were started with, the program must start with none (subprocess gives
+    # it the mask of the thread that starts it), and a blocked signal could not be forwarded.
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
     wake_read, wake_write = os.pipe()
     for fd in (wake_read, wake_write):
         os.set_blocking(fd, False)

@@ -1,0 +1,422 @@
+"""The zombiereaper command: run as an init (exit codes, signals, PID 1), zombies, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+
+from zombiereaper import _linux
+from zombiereaper._cli import main
+
+from .helpers import eventually, read_line
+
+CLI = [sys.executable, "-m", "zombiereaper"]
+
+#: A program that prints "ready", then the name of every signal in argv it receives, until
+#: its standard input closes.
+SIGNAL_PRINTER = textwrap.dedent(
+    """
+    import signal, sys
+    def show(signum, frame):
+        print(signal.Signals(signum).name, flush=True)
+    for name in sys.argv[1:]:
+        signal.signal(getattr(signal, name), show)
+    print("ready", flush=True)
+    sys.stdin.read()
+    """
+)
+
+FORWARDED = [
+    "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGCONT",
+    "SIGALRM", "SIGPIPE", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGVTALRM", "SIGPROF", "SIGURG",
+]  # fmt: skip
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture
+def init() -> Iterator[list[subprocess.Popen[str]]]:
+    """Started inits, each killed and reaped at the end if it still runs."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def start_init(init: list[subprocess.Popen[str]], *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [*CLI, "run", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    init.append(proc)
+    return proc
+
+
+# --- exit statuses ------------------------------------------------------------------------------
+
+
+def test_every_exit_code_from_0_to_255_comes_back() -> None:
+    """The init exits with its program's exit code, for every code 0..255."""
+
+    def exit_with(code: int) -> int:
+        return run_cli("run", "-s", "--", "sh", "-c", f"exit {code}").returncode
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        assert list(pool.map(exit_with, range(256))) == list(range(256))
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGKILL", "SIGHUP", "SIGQUIT", "SIGUSR1"])
+def test_death_by_signal_exits_128_plus_n(name: str) -> None:
+    """A program killed by signal N makes the init exit 128+N."""
+    result = run_cli("run", "-s", "--", "sh", "-c", f"ulimit -c 0; kill -{name[3:]} $$")
+    assert result.returncode == 128 + signal.Signals[name]
+
+
+def test_missing_program_exits_127_naming_it() -> None:
+    """A program that does not exist: exit 127 and a message with its name."""
+    result = run_cli("run", "-s", "--", "no-such-program-zr")
+    assert result.returncode == 127
+    assert "no-such-program-zr: command not found" in result.stderr
+
+
+def test_unexecutable_program_exits_126_naming_it(tmp_path: object) -> None:
+    """A program that cannot be executed: exit 126 and a message with its name."""
+    script = os.path.join(str(tmp_path), "not-executable")
+    with open(script, "w") as file:
+        file.write("#!/bin/sh\nexit 0\n")
+    os.chmod(script, 0o644)
+    result = run_cli("run", "-s", "--", script)
+    assert result.returncode == 126
+    assert f"{script}: cannot execute" in result.stderr
+
+
+BAD_USAGES = [
+    ["run"],
+    ["run", "--"],
+    ["run", "-r", "TERM", "--", "true"],
+    ["run", "-r", "NOPE:INT", "--", "true"],
+    ["run", "-e", "300", "--", "true"],
+    ["run", "--drain", "-1", "--", "true"],
+    ["bogus"],
+]
+
+
+@pytest.mark.parametrize("args", BAD_USAGES)
+def test_bad_usage_exits_non_zero_with_a_usage_message(args: list[str]) -> None:
+    """Wrong arguments exit 2 and print the usage."""
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert "usage: zombiereaper" in result.stderr
+
+
+def test_remap_exit_turns_listed_codes_into_0() -> None:
+    """-e CODE makes that exit code 0; other codes pass through."""
+    assert run_cli("run", "-s", "-e", "3", "-e", "143", "--", "sh", "-c", "exit 3").returncode == 0
+    assert run_cli("run", "-s", "-e", "3", "--", "sh", "-c", "exit 4").returncode == 4
+    assert run_cli("run", "-s", "-e", "143", "--", "sh", "-c", "kill $$").returncode == 0
+
+
+def test_not_pid_1_nor_subreaper_warns_in_one_line() -> None:
+    """Without -s, outside a namespace, one line on stderr says orphans will not come back."""
+    result = run_cli("run", "--", "true")
+    assert result.returncode == 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert "orphans will not come back" in lines[0]
+    assert run_cli("run", "-s", "--", "true").stderr == ""
+
+
+# --- signals ------------------------------------------------------------------------------------
+
+
+def test_every_forwarded_signal_reaches_the_program(init: list[subprocess.Popen[str]]) -> None:
+    """TERM, INT, HUP, QUIT, USR1, USR2, WINCH, CONT, ALRM, PIPE, TSTP, TTIN, TTOU... arrive."""
+    proc = start_init(init, "-s", "--", sys.executable, "-c", SIGNAL_PRINTER, *FORWARDED)
+    assert read_line(proc.stdout) == "ready\n"
+    for name in FORWARDED:
+        os.kill(proc.pid, signal.Signals[name])
+        assert read_line(proc.stdout) == f"{name}\n"
+    assert proc.poll() is None  # the init itself neither stopped nor died
+    proc.stdin.close()  # type: ignore[union-attr]
+    assert proc.wait(10) == 0
+
+
+def test_rewrite_changes_or_drops_signals(init: list[subprocess.Popen[str]]) -> None:
+    """-r USR1:USR2 forwards USR1 as USR2; -r HUP:0 drops HUP."""
+    proc = start_init(
+        init, "-s", "-r", "USR1:USR2", "-r", "SIGHUP:0", "--",
+        sys.executable, "-c", SIGNAL_PRINTER, "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGWINCH",
+    )  # fmt: skip
+    assert read_line(proc.stdout) == "ready\n"
+    os.kill(proc.pid, signal.SIGUSR1)
+    assert read_line(proc.stdout) == "SIGUSR2\n"
+    os.kill(proc.pid, signal.SIGHUP)
+    os.kill(proc.pid, signal.SIGWINCH)  # comes next: HUP never arrived
+    assert read_line(proc.stdout) == "SIGWINCH\n"
+    proc.stdin.close()  # type: ignore[union-attr]
+    assert proc.wait(10) == 0
+
+
+GROUP_PROGRAM = textwrap.dedent(
+    """
+    import signal, subprocess, sys
+    helper = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=sys.stdout)
+    signal.signal(signal.SIGUSR1, lambda *a: print("child SIGUSR1", flush=True))
+    print("ready", flush=True)
+    sys.stdin.read()
+    helper.terminate()
+    sys.exit(helper.wait())
+    """
+)
+GRANDCHILD = textwrap.dedent(
+    """
+    import signal, sys
+    got = []
+    def show(signum, frame):
+        got.append(signum)
+        print("grandchild SIGUSR1", flush=True)
+    def report(signum, frame):
+        print(f"grandchild got {len(got)}", flush=True)
+        sys.exit(0)
+    signal.signal(signal.SIGUSR1, show)
+    signal.signal(signal.SIGTERM, report)
+    print("grandchild ready", flush=True)
+    while True:
+        signal.pause()
+    """
+)
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_group_sends_signals_to_the_whole_process_group(
+    init: list[subprocess.Popen[str]], group: bool
+) -> None:
+    """With -g the program's whole process group gets the signal; without, the program only."""
+    flags = ["-g"] if group else []
+    proc = start_init(init, "-s", *flags, "--", sys.executable, "-c", GROUP_PROGRAM, GRANDCHILD)
+    got = {read_line(proc.stdout), read_line(proc.stdout)}
+    assert got == {"ready\n", "grandchild ready\n"}
+    os.kill(proc.pid, signal.SIGUSR1)
+    lines = {read_line(proc.stdout)}
+    if group:
+        lines.add(read_line(proc.stdout))
+        assert lines == {"child SIGUSR1\n", "grandchild SIGUSR1\n"}
+    else:
+        assert lines == {"child SIGUSR1\n"}
+    proc.stdin.close()  # type: ignore[union-attr]
+    assert read_line(proc.stdout) == f"grandchild got {1 if group else 0}\n"
+    assert proc.wait(10) == 0
+
+
+def test_program_starts_clean_in_its_own_process_group() -> None:
+    """Empty mask and default dispositions, SIGPIPE included, whatever the init inherited."""
+    launcher = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR1, signal.SIGTERM}})
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        os.execv(sys.executable, {CLI!r} + ["run", "-s", "--", "cat", "/proc/self/status",
+                                            "/proc/self/stat"])
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", launcher], capture_output=True, text=True, timeout=30, check=True
+    )
+    fields = dict(line.split(":\t", 1) for line in result.stdout.splitlines() if ":\t" in line)
+    assert int(fields["SigBlk"], 16) == 0
+    assert int(fields["SigIgn"], 16) == 0  # SIGPIPE too: Python ignores it, cat must not
+    stat = _linux.parse_stat(result.stdout.splitlines()[-1])
+    pgrp = int(result.stdout.splitlines()[-1].rpartition(")")[2].split()[2])
+    assert pgrp == stat.pid  # its own process group
+
+
+# --- orphans: subreaper, drain, PID 1 -----------------------------------------------------------
+
+
+@pytest.mark.skipif(not _linux.can_be_subreaper(), reason="needs PR_SET_CHILD_SUBREAPER")
+def test_subreaper_takes_orphans_back_and_reaps_them(init: list[subprocess.Popen[str]]) -> None:
+    """With -s, an orphan of the program is reparented to the init and reaped by it."""
+    program = 'sh -c "(sleep 0.3; exit 3) & echo \\$!"; cat >/dev/null'
+    proc = start_init(init, "-s", "-v", "--", "sh", "-c", program)
+    orphan = int(read_line(proc.stdout))
+    eventually(
+        lambda: not psutil.pid_exists(orphan) or psutil.Process(orphan).ppid() == proc.pid,
+        what="the orphan to be reparented to the init",
+    )
+    eventually(lambda: not psutil.pid_exists(orphan), what="the orphan to be reaped")
+    assert proc.poll() is None
+    proc.stdin.close()  # type: ignore[union-attr]
+    assert proc.wait(10) == 0
+    assert f"reaped orphan: pid {orphan} exited with code 3" in proc.stderr.read()  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(not _linux.can_be_subreaper(), reason="needs PR_SET_CHILD_SUBREAPER")
+def test_drain_terms_then_kills_what_is_left() -> None:
+    """--drain TERMs the descendants left when the program exits, KILLs the stubborn, reaps all."""
+    program = "sleep 30 & echo $!; (trap '' TERM; exec sleep 30) & echo $!; exit 5"
+    result = run_cli("run", "-s", "-v", "--drain", "0.5", "--", "sh", "-c", program, timeout=20)
+    assert result.returncode == 5
+    polite, stubborn = (int(line) for line in result.stdout.split())
+    assert not psutil.pid_exists(polite)
+    assert not psutil.pid_exists(stubborn)
+    assert "SIGTERM" in result.stderr
+    assert "SIGKILL" in result.stderr
+
+
+def _can_unshare() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, check=False
+    )
+    return probe.returncode == 0
+
+
+PID1_PROGRAM = textwrap.dedent(
+    """
+    import os, signal, subprocess, sys, time
+    orphans = []
+    for n in range(50):
+        out = subprocess.run(["sh", "-c", "(sleep 0.2; exit 3) & echo $!"],
+                             capture_output=True, text=True, check=True).stdout
+        orphans.append(int(out))
+    deadline = time.monotonic() + 20
+    while any(os.path.exists(f"/proc/{pid}") for pid in orphans):
+        assert time.monotonic() < deadline, "orphans were not reaped"
+        time.sleep(0.01)
+    states = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    states.append(f.read().rpartition(")")[2].split()[0])
+            except OSError:
+                pass
+    print("pid", os.getppid(), "orphans reaped", len(orphans), "zombies", states.count("Z"),
+          flush=True)
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(42))
+    print("ready", flush=True)
+    signal.pause()
+    """
+)
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs unshare --pid (root)")
+def test_as_pid_1_it_reaps_orphans_forwards_term_and_exits_with_the_code() -> None:
+    """PID 1 of a namespace: 50 orphans reaped, no Z left, SIGTERM forwarded, exit code kept."""
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", *CLI, "run", "--",
+         sys.executable, "-c", PID1_PROGRAM],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert read_line(proc.stdout, 60) == "pid 1 orphans reaped 50 zombies 0\n"
+        assert read_line(proc.stdout) == "ready\n"
+        assert proc.stderr is not None
+        init_pid = psutil.Process(proc.pid).children()[0].pid  # PID 1 inside, seen from here
+        os.kill(init_pid, signal.SIGTERM)
+        assert proc.wait(20) == 42
+        assert "warning" not in proc.stderr.read()  # PID 1 needs no subreaper
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
+# --- zombies and demo ---------------------------------------------------------------------------
+
+LEAKY_PARENT = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    child = subprocess.Popen(["true"])
+    print(child.pid, flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def test_zombies_lists_a_leaking_parent_as_json() -> None:
+    """`zombies --json` names the parent and its zombie; `--check` then exits 1."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", LEAKY_PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        zombie = int(read_line(parent.stdout))
+        eventually(
+            lambda: psutil.Process(zombie).status() == psutil.STATUS_ZOMBIE,
+            what="the zombie",
+        )
+        result = run_cli("zombies", "--json")
+        assert result.returncode == 0
+        data = json.loads(result.stdout)
+        mine = [p for p in data["parents"] if p["pid"] == parent.pid]
+        assert mine, data
+        assert {"pid": zombie, "name": "true"} in mine[0]["zombies"]
+        assert mine[0]["count"] == len(mine[0]["zombies"]) >= 1
+        assert mine[0]["cmdline"][:2] == [sys.executable, "-c"]
+        assert data["zombies"] >= 1
+        text = run_cli("zombies")
+        assert f"parent {parent.pid} (python" in text.stdout
+        assert run_cli("zombies", "--check").returncode == 1
+    finally:
+        parent.stdin.close()  # type: ignore[union-attr]
+        parent.wait(10)
+        parent.stdout.close()  # type: ignore[union-attr]
+    # The zombie was reparented to this process (a subreaper for the run): reap it.
+    try:
+        os.waitpid(zombie, 0)
+    except ChildProcessError:
+        pass
+
+
+def test_zombies_check_is_0_without_zombies(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`zombies --check` exits 0 and says so when there is no zombie."""
+    from zombiereaper import _zombies
+
+    monkeypatch.setattr(_zombies, "find_zombies", lambda: [])
+    assert main(["zombies", "--check"]) == 0
+    assert capsys.readouterr().out.strip() == "no zombie processes"
+
+
+def test_demo_exits_0_and_leaves_no_zombie() -> None:
+    """`zombiereaper demo` runs its three scenes and ends with no zombie."""
+    result = run_cli("demo", timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert "state 'zombie'" in result.stdout
+    assert "Recorded 100 exits (10 killed by SIGKILL); zombies now: 0" in result.stdout
+    assert "Zombies after: 0" in result.stdout
+    assert result.stdout.rstrip().endswith("no zombie left.")
+
+
+def test_version_and_python_m() -> None:
+    """`python -m zombiereaper --version` prints the version."""
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("zombiereaper ")
