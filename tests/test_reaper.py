@@ -557,3 +557,29 @@ def test_a_status_taken_by_other_code_is_reported_as_lost(backend: str) -> None:
         assert reaper.status(child.pid) is None
         assert repr(child) == f"<Child pid={child.pid} status lost>"
         child.popen.returncode = 0  # keep Popen's own cleanup from waiting for it again
+
+
+@pytest.mark.parametrize("via", ["stop", "uninstall"])
+def test_warnings_as_errors_still_leave_no_child_running(backend: str, via: str) -> None:
+    """With the SIGKILL warning turned into an error, the child is still killed and reaped."""
+    import warnings
+
+    reaper = Reaper(backend=backend, stop_timeout=0.1).install()  # type: ignore[arg-type]
+    child = reaper.spawn(
+        py(
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+            "print('ready', flush=True); time.sleep(60)"
+        ),
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert read_line(child.popen.stdout) == "ready\n"  # type: ignore[union-attr]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(RuntimeWarning, match="SIGKILL"):
+                child.stop(timeout=0.1) if via == "stop" else reaper.uninstall()
+        assert child.status is not None
+        assert child.status.signal == signal.SIGKILL
+    finally:
+        child.popen.stdout.close()  # type: ignore[union-attr]
+        reaper.uninstall()

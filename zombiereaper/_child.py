@@ -258,11 +258,14 @@ class Child:
         try:
             return self.wait(grace)
         except WaitTimeout:
+            self.kill()
+            status = self.wait()
+            # Warned only once it is reaped: with warnings turned into errors, a warning sent
+            # before the SIGKILL would leave the child running.
             warn_at_caller(
                 f"pid {self.pid} still ran {grace:g} s after SIGTERM; sent SIGKILL", RuntimeWarning
             )
-            self.kill()
-            return self.wait()
+            return status
 
     # --- protocol ---------------------------------------------------------------------------
 

@@ -233,7 +233,13 @@ class Reaper:
             # Cleared under the lock so that a concurrent spawn() sees the Reaper as gone.
             self._engine = None
         try:
+            # It may raise its RuntimeWarning (as an error, under -W error) once all are reaped.
             self._stop_children(engine)
+        finally:
+            self._leave(engine)
+
+    def _leave(self, engine: _engine.Engine) -> None:
+        try:
             if self._all_scope is not None:
                 # Orphans still in their grace would stay zombies for good once nobody sweeps.
                 engine.sweep_all_scope(skip_grace=True)
@@ -269,15 +275,17 @@ class Reaper:
             child._done.wait(finite_or_none(deadline - time.monotonic()))
         stubborn = [child for child in children if not child._done.is_set()]
         if stubborn:
+            for child in stubborn:
+                child.kill()
+            for child in stubborn:
+                child._done.wait()
+            # Warned only once all are reaped: with warnings turned into errors, a warning sent
+            # before the SIGKILL would leave them running.
             warn_at_caller(
                 f"{len(stubborn)} child(ren) still ran {self._stop_timeout:g} s after SIGTERM "
                 f"(pids {', '.join(str(child.pid) for child in stubborn)}); sent SIGKILL",
                 RuntimeWarning,
             )
-            for child in stubborn:
-                child.kill()
-            for child in stubborn:
-                child._done.wait()
 
     # --- children -----------------------------------------------------------------------------
 
