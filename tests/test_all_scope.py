@@ -308,3 +308,48 @@ def test_the_all_scope_needs_proc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_linux, "can_list_children", lambda: False)
     with pytest.raises(ReaperError, match="scope='owned'"):
         Reaper(scope="all")
+
+
+def test_wait_on_a_child_another_reaper_owns_returns_its_status(backend: str) -> None:
+    """The all scope's wait(pid) of a child owned by another Reaper gets that Reaper's status."""
+    with (
+        Reaper(scope="all", grace=0.0) as everything,
+        Reaper(backend=backend) as owned,  # type: ignore[arg-type]
+    ):
+        for code in range(20):
+            child = owned.spawn(sh(f"exit {code}"))
+            assert everything.wait(child.pid, timeout=10).returncode == code
+
+
+def test_wait_async_works_for_any_child_in_the_all_scope() -> None:
+    """await reaper.wait_async(pid) returns the status of a child it does not own, unstolen."""
+
+    async def main(reaper: Reaper) -> tuple[int, int, int]:
+        popen = subprocess.Popen(sh("read line; exit 6"), stdin=subprocess.PIPE)
+        waiting = asyncio.create_task(reaper.wait_async(popen.pid))
+        await asyncio.sleep(0)
+        popen.stdin.close()  # type: ignore[union-attr]
+        status = await asyncio.wait_for(waiting, 10)
+        leaked = os.posix_spawn("/bin/sh", sh("exit 9"), os.environ)
+        raw = await asyncio.wait_for(reaper.wait_async(leaked), 10)
+        return status.returncode, popen.wait(10), raw.returncode
+
+    with Reaper(scope="all", grace=5.0) as reaper:
+        assert asyncio.run(main(reaper)) == (6, 6, 9)
+
+
+def test_cancelling_wait_async_of_any_child_leaves_nothing() -> None:
+    """A timed-out wait_async on a running child closes its pidfd and leaves the child alone."""
+
+    async def main(reaper: Reaper, pid: int) -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reaper.wait_async(pid), 0.05)
+
+    with Reaper(scope="all", grace=5.0) as reaper:
+        popen = subprocess.Popen(sh("exec sleep 30"))
+        before = len(os.listdir("/proc/self/fd"))
+        asyncio.run(main(reaper, popen.pid))
+        assert len(os.listdir("/proc/self/fd")) <= before
+        assert popen.poll() is None
+        popen.kill()
+        assert popen.wait(10) == -signal.SIGKILL

@@ -171,3 +171,37 @@ def test_a_bad_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = _run(pytester)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*warn, fail, off*"])
+
+
+def test_a_module_fixtures_child_is_not_a_leak_of_the_test_that_set_it_up(
+    pytester: pytest.Pytester,
+) -> None:
+    """A child kept by a module-scoped fixture is no test's leak; the warning names the test."""
+    pytester.makepyfile(
+        """
+        import subprocess
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def server():
+            popen = subprocess.Popen(["sleep", "30"])
+            yield popen
+            popen.kill()
+            popen.wait()
+
+        def test_first(server):
+            assert server.poll() is None
+
+        def test_second(server):
+            assert server.poll() is None
+        """
+    )
+    _run(pytester, "--zombies=fail", "-W", "error").assert_outcomes(passed=2)
+
+
+def test_the_warning_points_at_the_leaking_test(pytester: pytest.Pytester) -> None:
+    """The ChildLeakWarning is reported at the leaking test's own file and line."""
+    pytester.makepyfile(test_leaky=LEAKY_TEST)
+    result = _run(pytester)
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*test_leaky.py:*: ChildLeakWarning: *never waited for*"])

@@ -33,3 +33,10 @@ __all__ = [
 ]
 
 __version__ = "0.1.0.dev0"
+
+# Shown as zombiereaper.X in tracebacks and warnings, where users import them from.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = __name__
+del _name, _obj

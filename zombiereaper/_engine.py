@@ -126,8 +126,18 @@ class Engine:
             self._forget(child)
             child._settle(outcome)
         child._reaper._child_exited(child, outcome)
+        with self._lock:
+            # Dropped only once its Reaper has recorded the status: until then an all-scope
+            # wait(pid) must find this Child, which has it.
+            if self._by_pid.get(child.pid) is child:
+                del self._by_pid[child.pid]
         child._finish()
         return True
+
+    def owned_child(self, pid: int) -> Child | None:
+        """The live Child that an installed Reaper owns for ``pid``, if any."""
+        with self._lock:
+            return self._by_pid.get(pid)
 
     def _ownership(self) -> Ownership:
         with self._lock:
@@ -195,9 +205,6 @@ class Engine:
     # --- the thread ---------------------------------------------------------------------------
 
     def _forget(self, child: Child) -> None:
-        with self._lock:
-            if self._by_pid.get(child.pid) is child:
-                del self._by_pid[child.pid]
         notifier = child._owner.notifier
         if notifier is None:
             return
@@ -412,6 +419,15 @@ def release(reaper: Reaper) -> None:
 def current() -> Engine | None:
     """The running engine, if any Reaper is installed."""
     return _engine
+
+
+def find_record(pid: int) -> ExitStatus | None:
+    """The latest exit of ``pid`` that any installed Reaper has recorded."""
+    for reaper in list(_installed_reapers):
+        status = reaper.registry.get(pid)
+        if status is not None:
+            return status
+    return None
 
 
 def _reset_after_fork() -> None:

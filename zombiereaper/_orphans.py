@@ -329,6 +329,61 @@ def wait_for_child(pid: int, timeout: float | None) -> ExitStatus:
         delay = min(delay * 2, 0.05)
 
 
+async def wait_for_child_async(pid: int) -> ExitStatus:
+    """:func:`wait_for_child` for a running event loop, watching the child's pidfd.
+
+    Where pidfds are missing, a worker thread waits instead.
+
+    Raises:
+        NotOurChildError: ``pid`` is not an unreaped child of this process.
+        StatusLostError: Its owner reaped it while we waited, and kept the status to itself.
+    """
+    import asyncio  # noqa: PLC0415 - importing asyncio costs more than all of zombiereaper
+
+    try:
+        status = peek_child(pid)
+    except ChildProcessError:
+        raise NotOurChildError(pid, f"pid {pid} is not a child of this process") from None
+    if status is not None:
+        return status
+    loop = asyncio.get_running_loop()
+    if not pidfd.is_available():
+        return await loop.run_in_executor(None, wait_for_child, pid, None)
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise StatusLostError(pid) from None
+    try:
+        status = _peek_pidfd(pid, fd)
+        if status is not None:
+            return status
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def on_readable() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(fd, on_readable)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
+        status = _peek_pidfd(pid, fd)
+        if status is None:  # pragma: no cover - a readable pidfd means it has exited
+            raise StatusLostError(pid)
+        return status
+    finally:
+        os.close(fd)
+
+
+def _peek_pidfd(pid: int, fd: int) -> ExitStatus | None:
+    """The status behind a pidfd that must name our unreaped child (else StatusLostError)."""
+    try:
+        return _decode(pid, os.waitid(os.P_PIDFD, fd, _PEEK))
+    except ChildProcessError:
+        raise StatusLostError(pid) from None
+
+
 def _wait_with_pidfd(pid: int, deadline: float | None, timeout: float | None) -> ExitStatus:
     try:
         fd = os.pidfd_open(pid)

@@ -24,7 +24,7 @@ from ._errors import (
     StatusLostError,
     warn_at_caller,
 )
-from ._orphans import DEFAULT_GRACE, AllScope, wait_for_child
+from ._orphans import DEFAULT_GRACE, AllScope, wait_for_child, wait_for_child_async
 from ._owners import PidOwner, PopenOwner, ProcessOwner
 from ._registry import Registry
 from ._status import ExitStatus
@@ -431,25 +431,38 @@ class Reaper:
                 left the history).
             WaitTimeout: The child still ran after ``timeout`` seconds (a TimeoutError).
         """
-        with self._lock:
-            child = self._children.get(pid)
+        child = self._child_for(pid)
         if child is not None:
             return child.wait(timeout)
         if self._all_scope is not None:
-            return self._wait_any_child(pid, timeout)
+            try:
+                status = wait_for_child(pid, timeout)
+            except (NotOurChildError, StatusLostError) as err:
+                return self._recorded_after(pid, err)
+            return self._after_waiting(pid, status)
         return self._recorded(pid)
 
-    def _wait_any_child(self, pid: int, timeout: float | None) -> ExitStatus:
-        try:
-            status = wait_for_child(pid, timeout)
-        except NotOurChildError:
+    def _child_for(self, pid: int) -> Child | None:
+        """The live Child for ``pid``: ours, or, in the all scope, another Reaper's."""
+        with self._lock:
+            child = self._children.get(pid)
+        engine = self._engine
+        if child is None and self._all_scope is not None and engine is not None:
+            # Another Reaper owns it: it reaps it, so its Child has the status.
+            child = engine.owned_child(pid)
+        return child
+
+    def _recorded_after(self, pid: int, err: NotOurChildError | StatusLostError) -> ExitStatus:
+        # It is no child of ours now, or its owner reaped it while we waited: a record may
+        # still tell (ours from the sweep, or the owning Reaper's).
+        status = self._registry.get(pid) or _engine.find_record(pid)
+        if status is not None:
+            return status
+        if isinstance(err, NotOurChildError):
             return self._recorded(pid)
-        except StatusLostError:
-            # Its owner reaped it while we waited; the sweep may have seen its status first.
-            recorded = self._registry.get(pid)
-            if recorded is None:
-                raise
-            return recorded
+        raise err
+
+    def _after_waiting(self, pid: int, status: ExitStatus) -> ExitStatus:
         engine = self._engine
         if engine is not None:
             # The caller waited for it: unless other code owns it, nobody else will reap it.
@@ -470,17 +483,25 @@ class Reaper:
         )
 
     async def wait_async(self, pid: int) -> ExitStatus:
-        """Await, in a running event loop, the exit of the child ``pid`` that this Reaper owns.
+        """Await, in a running event loop, the exit of the child ``pid``; see :meth:`wait`.
 
-        Resolved by the reaping thread, without polling; safe to cancel (``asyncio.wait_for``).
+        Resolved without polling (by the reaping thread, or, for a child this Reaper does not
+        own in the all scope, by the event loop watching its pidfd); safe to cancel
+        (``asyncio.wait_for``).
 
         Raises:
-            NotOurChildError: This Reaper does not own ``pid`` (or its record left the history).
+            NotOurChildError: ``pid`` is not a child this Reaper can wait for (or its record
+                left the history).
         """
-        with self._lock:
-            child = self._children.get(pid)
+        child = self._child_for(pid)
         if child is not None:
             return await child.wait_async()
+        if self._all_scope is not None:
+            try:
+                status = await wait_for_child_async(pid)
+            except (NotOurChildError, StatusLostError) as err:
+                return self._recorded_after(pid, err)
+            return self._after_waiting(pid, status)
         return self._recorded(pid)
 
     def status(self, pid: int) -> ExitStatus | None:

@@ -35,7 +35,11 @@ _LONG_LIVED_HELPERS: Final = ("multiprocessing.forkserver", "multiprocessing.res
 #: finishing) before it is reported.
 _GRACE: Final = 1.0
 
-_BASELINE: Final = pytest.StashKey[frozenset[tuple[int, float]]]()
+#: The children that existed when the test's setup began (zombies are new after it) and when
+#: its call began (running children are new after it: one started by a module- or
+#: session-scoped fixture during this test's setup is that fixture's, kept on purpose).
+_BEFORE_SETUP: Final = pytest.StashKey[frozenset[tuple[int, float]]]()
+_BEFORE_CALL: Final = pytest.StashKey[frozenset[tuple[int, float]]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -109,13 +113,25 @@ def _is_long_lived_helper(proc: psutil.Process) -> bool:
     return any(name in cmdline for name in _LONG_LIVED_HELPERS)
 
 
-def _leftovers(baseline: frozenset[tuple[int, float]]) -> list[psutil.Process]:
+def _snapshot() -> frozenset[tuple[int, float]]:
+    keys = (_key(proc) for proc in _children())
+    return frozenset(key for key in keys if key is not None)
+
+
+def _leftovers(
+    before_setup: frozenset[tuple[int, float]], before_call: frozenset[tuple[int, float]] | None
+) -> list[psutil.Process]:
     found = []
     for proc in _children():
         key = _key(proc)
-        if key is None or key in baseline or _is_long_lived_helper(proc):
+        if key is None or key in before_setup or _is_long_lived_helper(proc):
             continue
-        found.append(proc)
+        try:
+            zombie = proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            continue
+        if zombie or (before_call is not None and key not in before_call):
+            found.append(proc)
     return found
 
 
@@ -136,8 +152,15 @@ def _describe(proc: psutil.Process) -> str | None:
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
     """Note the children that exist before the test and its fixtures start."""
     if _mode(item.config) != "off":
-        keys = (_key(proc) for proc in _children())
-        item.stash[_BASELINE] = frozenset(key for key in keys if key is not None)
+        item.stash[_BEFORE_SETUP] = _snapshot()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Note the children that exist once the fixtures are set up, before the test runs."""
+    if _mode(item.config) != "off":
+        item.stash[_BEFORE_CALL] = _snapshot()
     return (yield)
 
 
@@ -146,14 +169,15 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     """After the fixtures are torn down, report what the test left behind."""
     result = yield
     mode = _mode(item.config)
-    baseline = item.stash.get(_BASELINE, None)
-    if mode == "off" or baseline is None:
+    before_setup = item.stash.get(_BEFORE_SETUP, None)
+    if mode == "off" or before_setup is None:
         return result
+    before_call = item.stash.get(_BEFORE_CALL, None)
     deadline = time.monotonic() + _GRACE
-    left = _leftovers(baseline)
+    left = _leftovers(before_setup, before_call)
     while left and time.monotonic() < deadline:
         time.sleep(0.01)
-        left = _leftovers(baseline)
+        left = _leftovers(before_setup, before_call)
     described = [text for text in map(_describe, left) if text is not None]
     if not described:
         return result
@@ -164,5 +188,12 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     )
     if mode == "fail":
         pytest.fail(message, pytrace=False)
-    warnings.warn(ChildLeakWarning(message), stacklevel=1)
+    path, lineno, _ = item.location
+    # Shown at the test itself, not at this hook.
+    warnings.warn_explicit(
+        ChildLeakWarning(message),
+        ChildLeakWarning,
+        filename=str(item.config.rootpath / path),
+        lineno=(lineno or 0) + 1,
+    )
     return result
