@@ -60,7 +60,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHONS[0])
 def lint(session: nox.Session) -> None:
     """Check lint and formatting with ruff."""
-    session.install("ruff>=0.4")
+    session.install("ruff==0.17.6")  # pinned: a new ruff release must not break CI by itself
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -68,7 +68,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHONS[0])
 def typecheck(session: nox.Session) -> None:
     """Type-check the package with mypy --strict."""
-    session.install("-e", ".[test]", "mypy>=1.8", "types-psutil")
+    session.install("-e", ".[test]", "mypy==2.4.1", "types-psutil")  # pinned, as ruff
     session.run("mypy", "--strict", "zombiereaper")
 
 
