@@ -15,17 +15,27 @@ from ._reaper import Reaper as Reaper
 from ._registry import Registry as Registry
 from ._status import ExitStatus as ExitStatus
 from ._status import decode_wait_status as decode_wait_status
+from ._supervise import Backoff as Backoff
+from ._supervise import Intensity as Intensity
+from ._supervise import ManualClock as ManualClock
+from ._supervise import Service as Service
+from ._supervise import ServiceEvent as ServiceEvent
 
 __all__ = [
     "BackendUnavailableError",
+    "Backoff",
     "Child",
     "ChildLeakWarning",
     "ExitStatus",
+    "Intensity",
+    "ManualClock",
     "NotInstalledError",
     "NotOurChildError",
     "Reaper",
     "ReaperError",
     "Registry",
+    "Service",
+    "ServiceEvent",
     "StatusLostError",
     "WaitTimeout",
     "can_use_pidfd",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     import asyncio
     import multiprocessing.process
     import subprocess
+    from collections.abc import Callable
     from types import TracebackType
 
     from ._engine import Engine
@@ -57,6 +59,7 @@ class Child:
         self._settled = False
         self._status: ExitStatus | None = None
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._done_callbacks: list[Callable[[Child], object]] = []
 
     # --- state ----------------------------------------------------------------------------
 
@@ -102,11 +105,22 @@ class Child:
         self._done.set()
         with self._lock:
             waiters, self._async_waiters = self._async_waiters, []
+            callbacks, self._done_callbacks = self._done_callbacks, []
+        for callback in callbacks:
+            self._engine.call_soon(functools.partial(callback, self))
         for loop, future in waiters:
             try:
                 loop.call_soon_threadsafe(_wake_future, future)
             except RuntimeError:
                 pass  # that event loop is closed: nobody is left to wake
+
+    def _add_done_callback(self, callback: Callable[[Child], object]) -> None:
+        """Call ``callback(child)`` on the reaping thread once the child is settled."""
+        with self._lock:
+            if not self._done.is_set():
+                self._done_callbacks.append(callback)
+                return
+        self._engine.call_soon(functools.partial(callback, self))
 
     def _result(self) -> ExitStatus:
         status = self._status

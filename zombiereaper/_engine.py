@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import select
 import threading
 import time
 import weakref
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from . import _sighandler
@@ -69,7 +72,9 @@ class Engine:
         #: then the new child looks like nobody's to the all-scope sweep.
         self._spawning = 0
         self._spawns = 0
-        self._callbacks: collections.deque[Callable[[], None]] = collections.deque()
+        self._callbacks: collections.deque[Callable[[], object]] = collections.deque()
+        self._timers: list[Timer] = []
+        self._timer_numbers = itertools.count()
         self._users = 0
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="zombiereaper", daemon=True)
@@ -106,11 +111,20 @@ class Engine:
         # A SIGCHLD that came before the child was in the swept set woke nobody for it.
         _sighandler.wake()
 
-    def call_soon(self, callback: Callable[[], None]) -> None:
+    def call_soon(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` on the reaping thread."""
         self._callbacks.append(callback)
         if threading.current_thread() is not self._thread:
             _sighandler.wake()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` on the reaping thread in ``delay`` seconds (unless cancelled)."""
+        timer = Timer(time.monotonic() + max(0.0, delay), next(self._timer_numbers), callback)
+        with self._lock:
+            heapq.heappush(self._timers, timer)
+        if threading.current_thread() is not self._thread:
+            _sighandler.wake()
+        return timer
 
     def settle(self, child: Child) -> bool:
         """Reap ``child`` now if it has exited, through its owner's machinery.
@@ -239,6 +253,8 @@ class Engine:
             timeouts.append(all_schedule.timeout(now))
             if self._all_deadline is not None:
                 timeouts.append(max(0.0, self._all_deadline - now))
+        if self._timers:
+            timeouts.append(max(0.0, self._timers[0].deadline - now))
         woken, ready = self._wait(min(timeouts, default=None))
         if self._stopping:
             return
@@ -255,7 +271,17 @@ class Engine:
             or (self._all_deadline is not None and now >= self._all_deadline)
         ):
             all_schedule.record_sweep(now, found=len(self.sweep_all_scope()))
+        self._run_due_timers(now)
         self._run_callbacks()
+
+    def _run_due_timers(self, now: float) -> None:
+        while True:
+            with self._lock:
+                if not self._timers or self._timers[0].deadline > now:
+                    return
+                timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                self._callbacks.append(timer.callback)
 
     def _wait(self, timeout: float | None) -> tuple[bool, list[Child]]:
         woken = False
@@ -326,6 +352,20 @@ class Engine:
             self._close()
         except OSError:
             pass
+
+
+@dataclass(order=True)
+class Timer:
+    """A callback due on the reaping thread at ``deadline``; see :meth:`Engine.call_later`."""
+
+    deadline: float
+    number: int
+    callback: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        """Keep the callback from running (if it has not run yet)."""
+        self.cancelled = True
 
 
 class _SweepSchedule:

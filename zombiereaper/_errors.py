@@ -50,9 +50,10 @@ class WaitTimeout(ReaperError, TimeoutError):
         timeout: The number of seconds that the wait allowed.
     """
 
-    def __init__(self, pid: int, timeout: float) -> None:
+    def __init__(self, pid: int, timeout: float, message: str | None = None) -> None:
         super().__init__(
-            f"pid {pid} was still running after {timeout:g} s; wait again, or stop it with "
+            message
+            or f"pid {pid} was still running after {timeout:g} s; wait again, or stop it with "
             "child.stop() (SIGTERM, then SIGKILL)"
         )
         self.pid = pid

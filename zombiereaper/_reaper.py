@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
+import random
 import subprocess
 import threading
 import time
@@ -28,6 +30,17 @@ from ._orphans import DEFAULT_GRACE, AllScope, wait_for_child, wait_for_child_as
 from ._owners import PidOwner, PopenOwner, ProcessOwner
 from ._registry import Registry
 from ._status import ExitStatus
+from ._supervise import (
+    Backoff,
+    Clock,
+    EngineClock,
+    Intensity,
+    RestartPolicy,
+    Service,
+    ServiceEvent,
+    check_supervise_arguments,
+    process_starter,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -140,6 +153,7 @@ class Reaper:
         self._subreaper = subreaper
         self._subreaper_before: bool | None = None
         self._all_scope: AllScope | None = None
+        self._services: list[Service] = []
 
     # --- configuration and state --------------------------------------------------------------
 
@@ -233,6 +247,10 @@ class Reaper:
             # Cleared under the lock so that a concurrent spawn() sees the Reaper as gone.
             self._engine = None
         try:
+            with self._lock:
+                services, self._services = self._services, []
+            for service in reversed(services):
+                service.stop()
             # It may raise its RuntimeWarning (as an error, under -W error) once all are reaped.
             self._stop_children(engine)
         finally:
@@ -408,6 +426,109 @@ class Reaper:
                     self._by_target.pop(key, None)
             raise
         return child
+
+    def supervise(
+        self,
+        args: Command | None = None,
+        *,
+        target: Callable[..., object] | None = None,
+        name: str | None = None,
+        replicas: int = 1,
+        restart: RestartPolicy = "on-failure",
+        backoff: Backoff | None = None,
+        intensity: Intensity | None = None,
+        stop_timeout: float | None = None,
+        on_event: Callable[[ServiceEvent], object] | None = None,
+        target_args: Sequence[Any] = (),
+        target_kwargs: Mapping[str, Any] | None = None,
+        start_method: str | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        **spawn_kwargs: Any,
+    ) -> Service:
+        """Keep ``replicas`` copies of a program or a Python callable running.
+
+        Each copy that exits is restarted by ``restart``: ``"always"``, ``"on-failure"``
+        (a non-zero exit or a fatal signal) or ``"never"``, after a ``backoff`` delay. When
+        restarts come faster than ``intensity`` allows, the Service gives up: it stops its
+        copies and ends ``failed``. Leaving the Reaper's ``with`` block stops every Service, the
+        newest first.
+
+        Args:
+            args: The program to run, as :meth:`spawn` takes it.
+            target: Or a Python callable, run in a ``multiprocessing`` Process.
+            name: The Service's name in events and logs (the program's or callable's name).
+            replicas: How many copies to keep (>= 1).
+            restart: The restart policy.
+            backoff: The delays between restarts (:class:`Backoff` defaults: 0.1 s doubling up
+                to 30 s, 10 % jitter, reset after 10 s up).
+            intensity: At most this many restarts in this period (:class:`Intensity`
+                defaults: 5 in 60 s).
+            stop_timeout: Seconds between SIGTERM and SIGKILL when copies are stopped (None:
+                the Reaper's).
+            on_event: Called with each :class:`ServiceEvent`; events are also logged.
+            target_args: Positional arguments for ``target``.
+            target_kwargs: Keyword arguments for ``target``.
+            start_method: The multiprocessing start method for ``target`` (None: the default).
+            clock: Where time is read and restarts are scheduled (tests pass a
+                :class:`ManualClock`); the real clock by default.
+            rng: The random source of the backoff jitter.
+            **spawn_kwargs: Popen keywords for each copy of ``args``.
+
+        Returns:
+            The running Service.
+
+        Raises:
+            NotInstalledError: The Reaper is not installed.
+            ValueError: Both or neither of ``args`` and ``target``, ``replicas`` < 1, an unknown
+                policy, or Popen keywords with ``target``.
+            FileNotFoundError: The program does not exist (raised at once, nothing started).
+        """
+        engine = self._engine
+        if engine is None:
+            raise self._not_installed("supervise()")
+        check_supervise_arguments(args, target, replicas, restart)
+        if target is not None and spawn_kwargs:
+            raise ValueError(
+                f"Popen keywords ({', '.join(spawn_kwargs)}) apply to programs (args=...), "
+                "not to a target callable"
+            )
+        start: Callable[[], Child]
+        if args is not None:
+            program = args
+            start = functools.partial(self.spawn, program, **spawn_kwargs)
+            default_name = os.path.basename(os.fsdecode(_first_word(program)))
+        else:
+            assert target is not None
+            start = process_starter(self, target, target_args, target_kwargs or {}, start_method)
+            default_name = getattr(target, "__name__", "target")
+        service = Service(
+            self,
+            name=name or default_name,
+            start=start,
+            replicas=replicas,
+            restart=restart,
+            backoff=backoff or Backoff(),
+            intensity=intensity or Intensity(),
+            stop_timeout=stop_timeout,
+            on_event=on_event,
+            clock=clock or EngineClock(engine),
+            rng=rng or random.Random(),
+        )
+        try:
+            service._begin()
+        except BaseException:
+            service.stop()
+            raise
+        with self._lock:
+            self._services.append(service)
+        return service
+
+    @property
+    def services(self) -> tuple[Service, ...]:
+        """The Services this Reaper supervises, oldest first."""
+        with self._lock:
+            return tuple(self._services)
 
     def _not_installed(self, what: str) -> NotInstalledError:
         return NotInstalledError(
@@ -646,3 +767,12 @@ class Reaper:
             f"<Reaper scope={self._scope} backend={self._backend} {state} "
             f"children={len(self._children)} recorded={len(self._registry)}>"
         )
+
+
+def _first_word(command: Command) -> str | bytes | os.PathLike[str] | os.PathLike[bytes]:
+    if isinstance(command, str | bytes | os.PathLike):
+        return command
+    words = list(command)
+    if not words:
+        raise ValueError("a command needs a program to run: args is empty")
+    return words[0]

@@ -1,0 +1,445 @@
+"""Supervision: restart policies, backoff on a manual clock, intensity, rolling restart, scale."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from zombiereaper import (
+    Backoff,
+    Intensity,
+    ManualClock,
+    NotInstalledError,
+    Reaper,
+    Service,
+    ServiceEvent,
+)
+
+from .helpers import sh, zombie_children
+
+FORK_IN_THREADED_PROCESS = (
+    r"ignore:This process .* is multi-threaded, use of fork\(\) may lead to deadlocks:"
+    "DeprecationWarning"
+)
+NO_JITTER = Backoff(initial=0.1, factor=2.0, maximum=1.0, jitter=0.0, reset_after=5.0)
+
+#: A copy that exits with the code written to its standard input.
+EXIT_ON_INPUT = sh("read code; exit $code")
+
+
+class Events:
+    """Collects a Service's events and lets a test wait for them."""
+
+    def __init__(self) -> None:
+        self.items: list[ServiceEvent] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event: ServiceEvent) -> None:
+        with self._cond:
+            self.items.append(event)
+            self._cond.notify_all()
+
+    def kinds(self) -> list[str]:
+        with self._cond:
+            return [e.kind for e in self.items]
+
+    def wait_for(self, kind: str, count: int = 1, timeout: float = 10.0) -> ServiceEvent:
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: sum(e.kind == kind for e in self.items) >= count, timeout
+            )
+            assert ok, f"no {count} {kind!r} events; got {[e.describe() for e in self.items]}"
+            return [e for e in self.items if e.kind == kind][count - 1]
+
+
+def _exit_with(code: int) -> None:
+    sys.exit(code)
+
+
+def _finish(service: Service, replica: int, code: int | str) -> None:
+    """Make one copy of an EXIT_ON_INPUT service exit with ``code``."""
+    child = service.children[replica] if isinstance(replica, int) else replica
+    child.popen.stdin.write(f"{code}\n".encode())  # type: ignore[union-attr]
+    child.popen.stdin.close()  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def reaper() -> Iterator[Reaper]:
+    with Reaper(stop_timeout=5.0) as installed:
+        yield installed
+
+
+# --- arguments ------------------------------------------------------------------------------------
+
+
+def test_bad_arguments_are_refused_at_once(reaper: Reaper) -> None:
+    """Both or neither program and target, replicas < 1, an unknown policy: ValueError."""
+    with pytest.raises(ValueError, match="exactly one"):
+        reaper.supervise()
+    with pytest.raises(ValueError, match="exactly one"):
+        reaper.supervise(["true"], target=print)
+    with pytest.raises(ValueError, match="replicas"):
+        reaper.supervise(["true"], replicas=0)
+    with pytest.raises(ValueError, match="restart must be one of"):
+        reaper.supervise(["true"], restart="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Popen keywords"):
+        reaper.supervise(target=print, cwd="/")
+    with pytest.raises(ValueError, match="Backoff"):
+        Backoff(factor=0.5)
+    with pytest.raises(ValueError, match="Intensity"):
+        Intensity(period=0)
+    with pytest.raises(FileNotFoundError):
+        reaper.supervise(["/nonexistent/zombiereaper-service"])
+    assert reaper.services == ()
+    with pytest.raises(NotInstalledError):
+        Reaper().supervise(["true"])
+
+
+# --- policies -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "code", "restarts"),
+    [
+        ("always", 0, True),
+        ("always", 3, True),
+        ("on-failure", 3, True),
+        ("on-failure", 0, False),
+        ("never", 3, False),
+    ],
+)
+def test_restart_policies(reaper: Reaper, policy: str, code: int, restarts: bool) -> None:
+    """always restarts every exit, on-failure only failures, never none."""
+    events, clock = Events(), ManualClock()
+    service = reaper.supervise(
+        EXIT_ON_INPUT, stdin=subprocess.PIPE, restart=policy, backoff=NO_JITTER,  # type: ignore[arg-type]
+        clock=clock, on_event=events,
+    )  # fmt: skip
+    _finish(service, 0, code)
+    events.wait_for("exited")
+    with service._lock:  # the exit has been handled once the lock is free
+        pass
+    assert service.last_status is not None
+    assert service.last_status.returncode == code
+    if restarts:
+        assert service.state == "backing-off"
+        assert events.wait_for("restarting").delay == pytest.approx(0.1)
+        clock.advance(0.1)
+        events.wait_for("started", 2)
+        assert service.state == "running"
+        assert service.restarts == 1
+        service.stop()
+    else:
+        assert service.wait(10) == "stopped"
+        assert service.restarts == 0
+    assert service.state == "stopped"
+
+
+def test_a_fatal_signal_counts_as_a_failure(reaper: Reaper) -> None:
+    """Under on-failure, a copy killed by a signal is restarted."""
+    events, clock = Events(), ManualClock()
+    service = reaper.supervise(["sleep", "30"], backoff=NO_JITTER, clock=clock, on_event=events)
+    service.children[0].kill()
+    assert events.wait_for("restarting").delay == pytest.approx(0.1)
+    exited = events.wait_for("exited")
+    assert exited.status is not None and exited.status.signal == signal.SIGKILL
+    clock.advance(0.1)
+    events.wait_for("started", 2)
+    service.stop()
+
+
+# --- backoff and intensity ------------------------------------------------------------------------
+
+
+def test_backoff_doubles_up_to_the_cap_and_resets_after_uptime(reaper: Reaper) -> None:
+    """Delays go 0.1, 0.2, 0.4, 0.8, 1.0 (the cap), and back to 0.1 after 5 s up."""
+    events, clock = Events(), ManualClock()
+    service = reaper.supervise(
+        EXIT_ON_INPUT, stdin=subprocess.PIPE, backoff=NO_JITTER,
+        intensity=Intensity(max_restarts=100, period=1000), clock=clock, on_event=events,
+    )  # fmt: skip
+    delays = []
+    for n in range(1, 7):
+        _finish(service, 0, 1)
+        delays.append(events.wait_for("restarting", n).delay)
+        clock.advance(delays[-1])
+        events.wait_for("started", n + 1)
+    assert delays == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    clock.advance(5.0)  # this copy stays up long enough
+    _finish(service, 0, 1)
+    assert events.wait_for("restarting", 7).delay == pytest.approx(0.1)
+    service.stop()
+
+
+def test_jitter_stretches_delays_within_bounds(reaper: Reaper) -> None:
+    """With jitter, each delay lies between the base delay and base * (1 + jitter)."""
+    import random
+
+    events, clock = Events(), ManualClock()
+    backoff = Backoff(initial=1.0, factor=2.0, maximum=100.0, jitter=0.5)
+    service = reaper.supervise(
+        EXIT_ON_INPUT, stdin=subprocess.PIPE, backoff=backoff, clock=clock, on_event=events,
+        rng=random.Random(7), intensity=Intensity(100, 1000),
+    )  # fmt: skip
+    for n, base in enumerate([1.0, 2.0, 4.0], start=1):
+        _finish(service, 0, 1)
+        delay = events.wait_for("restarting", n).delay
+        assert delay is not None and base <= delay <= base * 1.5
+        clock.advance(delay)
+        events.wait_for("started", n + 1)
+    service.stop()
+
+
+def test_intensity_reached_gives_up_and_fails(reaper: Reaper) -> None:
+    """Past max_restarts within the period the Service stops its copies and ends failed."""
+    events, clock = Events(), ManualClock()
+    service = reaper.supervise(
+        EXIT_ON_INPUT, stdin=subprocess.PIPE, replicas=2, backoff=NO_JITTER,
+        intensity=Intensity(max_restarts=2, period=60), clock=clock, on_event=events,
+    )  # fmt: skip
+    for n in (1, 2):
+        _finish(service, 0, 1)
+        clock.advance(events.wait_for("restarting", n).delay or 0)
+        events.wait_for("started", 2 + n)
+    survivor = service.children[1]
+    _finish(service, 0, 1)  # the third restart in 60 s: too many
+    events.wait_for("gave-up")
+    assert service.wait(10) == "failed"
+    assert survivor.wait(10).signal == signal.SIGTERM  # the other copy was stopped
+    assert service.children == ()
+    assert clock.pending() == []
+
+
+def test_intensity_counts_only_the_period(reaper: Reaper) -> None:
+    """Restarts older than the period no longer count toward the limit."""
+    events, clock = Events(), ManualClock()
+    service = reaper.supervise(
+        EXIT_ON_INPUT, stdin=subprocess.PIPE, backoff=NO_JITTER,
+        intensity=Intensity(max_restarts=1, period=10), clock=clock, on_event=events,
+    )  # fmt: skip
+    _finish(service, 0, 1)
+    clock.advance(events.wait_for("restarting", 1).delay or 0)
+    events.wait_for("started", 2)
+    clock.advance(11)
+    _finish(service, 0, 1)
+    events.wait_for("restarting", 2)
+    assert service.state == "backing-off"
+    service.stop()
+
+
+# --- control --------------------------------------------------------------------------------------
+
+
+def test_rolling_restart_never_drops_below_the_pool_size(reaper: Reaper) -> None:
+    """restart() starts each new copy before stopping its old one: never fewer than replicas."""
+    events = Events()
+    service = reaper.supervise(["sleep", "30"], replicas=3, on_event=events)
+    old = {c.pid for c in service.children}
+    service.restart()
+    new = {c.pid for c in service.children}
+    assert len(new) == 3 and not new & old
+    alive, lowest = 0, 3
+    for event in events.items:
+        alive += {"started": 1, "exited": -1}.get(event.kind, 0)
+        if event.kind == "exited":
+            lowest = min(lowest, alive)
+    assert lowest >= 3  # so at least replicas - 1 at every moment, as promised
+    assert service.restarts == 0 and "restarting" not in events.kinds()
+    service.stop()
+
+
+def test_scale_up_and_down(reaper: Reaper) -> None:
+    """scale(n) starts or stops copies; stopped ones are not restarted."""
+    events = Events()
+    service = reaper.supervise(["sleep", "30"], on_event=events, restart="always")
+    service.scale(3)
+    assert service.replicas == 3 and len(service.children) == 3
+    removed = service.children[1:]
+    service.scale(1)
+    assert service.replicas == 1 and len(service.children) == 1
+    assert all(child.wait(10).signal == signal.SIGTERM for child in removed)
+    assert "restarting" not in events.kinds()
+    with pytest.raises(ValueError, match="replicas"):
+        service.scale(0)
+    service.stop()
+    assert service.state == "stopped"
+
+
+def test_stop_is_graceful_and_final(reaper: Reaper) -> None:
+    """stop() sends SIGTERM, restarts nothing, ends stopped; wait() and wait_async() see it."""
+    events = Events()
+    service = reaper.supervise(["sleep", "30"], replicas=2, restart="always", on_event=events)
+    children = service.children
+
+    async def wait_in_a_loop() -> str:
+        return await asyncio.wait_for(service.wait_async(), 10)
+
+    waiter_result: list[str] = []
+    waiter = threading.Thread(target=lambda: waiter_result.append(asyncio.run(wait_in_a_loop())))
+    waiter.start()
+    service.stop()
+    waiter.join(10)
+    assert waiter_result == ["stopped"]
+    assert service.wait(1) == "stopped"
+    assert [c.status.signal for c in children if c.status] == [signal.SIGTERM] * 2
+    assert events.kinds()[-1] == "stopped"
+    assert "restarting" not in events.kinds()
+
+
+def test_leaving_the_reaper_stops_services_newest_first() -> None:
+    """The with block stops every Service in reverse order of creation."""
+    order: list[str] = []
+
+    def note(event: ServiceEvent) -> None:
+        if event.kind == "stopped":
+            order.append(event.service)
+
+    with Reaper() as reaper:
+        first = reaper.supervise(["sleep", "30"], name="first", on_event=note)
+        second = reaper.supervise(["sleep", "30"], name="second", on_event=note)
+        assert reaper.services == (first, second)
+    assert order == ["second", "first"]
+    assert first.state == second.state == "stopped"
+    assert not zombie_children()
+
+
+@pytest.mark.parametrize(
+    "method",
+    [pytest.param("fork", marks=pytest.mark.filterwarnings(FORK_IN_THREADED_PROCESS)), "spawn"],
+)
+def test_a_python_callable_is_supervised_through_multiprocessing(
+    reaper: Reaper, method: str
+) -> None:
+    """target= runs a callable in a Process (fork or spawn) and restarts it on failure."""
+    events, clock = Events(), ManualClock()
+    service = reaper.supervise(
+        target=_exit_with, target_args=(2,), start_method=method, backoff=NO_JITTER,
+        clock=clock, on_event=events,
+    )  # fmt: skip
+    assert service.name == "_exit_with"
+    first = events.wait_for("exited")
+    assert first.status is not None and first.status.returncode == 2
+    clock.advance(events.wait_for("restarting").delay or 0)
+    second = events.wait_for("exited", 2)
+    assert second.status is not None and second.status.returncode == 2
+    assert service.restarts == 1
+    assert isinstance(service._replicas[0].child and service._replicas[0].child.process, object)
+    service.stop()
+
+
+def test_events_are_logged(reaper: Reaper, caplog: pytest.LogCaptureFixture) -> None:
+    """Each event is also logged on the 'zombiereaper' logger."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="zombiereaper")
+    service = reaper.supervise(["sh", "-c", "exit 0"], name="once")
+    assert service.wait(10) == "stopped"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("once[0] started as pid") for m in messages)
+    assert "once stopped" in messages
+
+
+# --- a model of the policy, checked against random runs -------------------------------------------
+
+Action = tuple[str, int, int]  # ("exit", replica, code) | ("kill", replica, 0) | ("wait", 0, ms)
+
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("exit"), st.integers(0, 1), st.sampled_from([0, 1, 7])),
+        st.tuples(st.just("kill"), st.integers(0, 1), st.just(0)),
+        st.tuples(st.just("wait"), st.just(0), st.sampled_from([50, 100, 400, 6000])),
+    ),
+    max_size=10,
+)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(script=actions, policy=st.sampled_from(["always", "on-failure", "never"]))
+def test_random_runs_follow_the_policy(  # noqa: PLR0912 - the model is one readable loop
+    script: list[Action], policy: str
+) -> None:
+    """Restart count, states and backoff delays follow the policy; nothing is left behind."""
+    events, clock = Events(), ManualClock()
+    intensity = Intensity(max_restarts=3, period=10)
+    with Reaper() as reaper:
+        service = reaper.supervise(
+            EXIT_ON_INPUT, stdin=subprocess.PIPE, replicas=2, restart=policy,  # type: ignore[arg-type]
+            backoff=NO_JITTER, intensity=intensity, clock=clock, on_event=events,
+        )  # fmt: skip
+        # The model: per replica, alive / due time; restarts in a row; restart times.
+        alive = [True, True]
+        due: list[float | None] = [None, None]
+        in_a_row = [0, 0]
+        started_at = [0.0, 0.0]
+        restart_times: list[float] = []
+        restarts = 0
+        final: str | None = None
+        exits = 0
+        for kind, replica, value in script:
+            if final:
+                break
+            if kind == "wait":
+                target = clock.now() + value / 1000
+                for r in sorted((0, 1), key=lambda r: due[r] if due[r] is not None else 1e9):
+                    when = due[r]
+                    if when is not None and when <= target:
+                        due[r], alive[r] = None, True
+                        started_at[r] = when
+                        restarts += 1
+                clock.advance(value / 1000)
+                continue
+            if not alive[replica]:
+                continue
+            child = service._replicas[replica].child
+            assert child is not None
+            if kind == "exit":
+                _finish(service, child, value)  # type: ignore[arg-type]
+                failed = value != 0
+            else:
+                child.kill()
+                failed = True
+            exits += 1
+            events.wait_for("exited", exits)
+            with service._lock:
+                pass
+            alive[replica] = False
+            wants = policy == "always" or (policy == "on-failure" and failed)
+            if not wants:
+                if not any(alive) and all(d is None for d in due):
+                    final = "stopped"
+                continue
+            now = clock.now()
+            restart_times = [t for t in restart_times if now - t < intensity.period]
+            if len(restart_times) >= intensity.max_restarts:
+                final = "failed"
+                continue
+            restart_times.append(now)
+            if now - started_at[replica] >= NO_JITTER.reset_after:
+                in_a_row[replica] = 0
+            in_a_row[replica] += 1
+            expected = min(NO_JITTER.maximum, NO_JITTER.initial * 2 ** (in_a_row[replica] - 1))
+            assert events.items[-1].kind == "restarting"
+            assert events.items[-1].delay == pytest.approx(expected)
+            due[replica] = now + expected
+        with service._lock:
+            pass
+        if final:
+            assert service.wait(10) == final
+        else:
+            expected_state = "backing-off" if any(d is not None for d in due) else "running"
+            assert service.state == expected_state
+        assert service.restarts == restarts
+    assert service.state in {"stopped", "failed"}
+    assert not zombie_children()

@@ -1,0 +1,654 @@
+"""Supervision: keep copies of a program or a Python callable running, by a restart policy.
+
+A Service runs ``replicas`` copies and reacts to each copy's exit on the reaping thread: it
+restarts the copy by policy after a backoff delay, gives up when restarts come too often
+(Erlang's intensity within a period, systemd's StartLimitBurst), and tells ``on_event`` about
+each step. Time goes through a Clock, so that tests drive the backoff schedule by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+
+from ._errors import ReaperError, WaitTimeout
+
+if TYPE_CHECKING:
+    import asyncio
+    import multiprocessing.process
+    import random
+    from collections.abc import Callable, Mapping, Sequence
+
+    from ._child import Child
+    from ._engine import Engine
+    from ._reaper import Command, Reaper
+    from ._status import ExitStatus
+
+logger = logging.getLogger("zombiereaper")
+
+RestartPolicy = Literal["always", "on-failure", "never"]
+RESTART_POLICIES: Final[tuple[RestartPolicy, ...]] = ("always", "on-failure", "never")
+
+ServiceState = Literal["starting", "running", "backing-off", "stopping", "stopped", "failed"]
+EventKind = Literal["started", "exited", "restarting", "gave-up", "stopped"]
+
+
+# --- policy records ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long to wait before restarting a copy: exponential, capped, with jitter.
+
+    The n-th restart in a row of one copy waits ``initial * factor**(n-1)`` seconds, at most
+    ``maximum``, stretched by a random fraction up to ``jitter`` (so that copies that crashed
+    together do not restart in lockstep). A copy that stayed up ``reset_after`` seconds or
+    more starts again from ``initial``.
+
+    Attributes:
+        initial: The first delay, in seconds.
+        factor: What each further delay is multiplied by.
+        maximum: The longest delay.
+        jitter: The largest random stretch, as a fraction of the delay (0 for none).
+        reset_after: Seconds of uptime after which the next failure counts as the first.
+    """
+
+    initial: float = 0.1
+    factor: float = 2.0
+    maximum: float = 30.0
+    jitter: float = 0.1
+    reset_after: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not (self.initial >= 0 and self.factor >= 1 and self.maximum >= self.initial):
+            raise ValueError(
+                "Backoff needs initial >= 0, factor >= 1 and maximum >= initial, got "
+                f"initial={self.initial}, factor={self.factor}, maximum={self.maximum}"
+            )
+        if not (self.jitter >= 0 and self.reset_after >= 0):
+            raise ValueError(
+                f"Backoff needs jitter >= 0 and reset_after >= 0, got jitter={self.jitter}, "
+                f"reset_after={self.reset_after}"
+            )
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """The delay before restart number ``attempt`` (1 for the first in a row)."""
+        base = min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
+        return min(self.maximum, base * (1 + rng.uniform(0, self.jitter)))
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """At most ``max_restarts`` restarts within ``period`` seconds; past it, give up.
+
+    Attributes:
+        max_restarts: Restarts allowed within any ``period`` seconds (all copies together).
+        period: The window, in seconds.
+    """
+
+    max_restarts: int = 5
+    period: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_restarts < 0 or not self.period > 0:
+            raise ValueError(
+                "Intensity needs max_restarts >= 0 and period > 0, got "
+                f"max_restarts={self.max_restarts}, period={self.period}"
+            )
+
+
+@dataclass(frozen=True)
+class ServiceEvent:
+    """One step in a Service's life, as ``on_event`` hears it.
+
+    Attributes:
+        kind: ``"started"``, ``"exited"``, ``"restarting"``, ``"gave-up"`` or ``"stopped"``.
+        service: The Service's name.
+        replica: Which copy (0-based), or None for the whole Service.
+        pid: The copy's pid (started, exited).
+        status: How the copy ended (exited).
+        delay: Seconds until the restart (restarting).
+        time: When it happened, on the Service's clock.
+    """
+
+    kind: EventKind
+    service: str
+    replica: int | None = None
+    pid: int | None = None
+    status: ExitStatus | None = None
+    delay: float | None = None
+    time: float = 0.0
+
+    def describe(self) -> str:
+        """Say what happened in words."""
+        who = self.service if self.replica is None else f"{self.service}[{self.replica}]"
+        if self.kind == "started":
+            return f"{who} started as pid {self.pid}"
+        if self.kind == "exited":
+            outcome = self.status.outcome if self.status is not None else "status lost"
+            return f"{who} pid {self.pid} {outcome}"
+        if self.kind == "restarting":
+            return f"{who} restarting in {self.delay:.3g} s"
+        if self.kind == "gave-up":
+            return f"{who} gave up: too many restarts"
+        return f"{who} stopped"
+
+
+# --- clocks ---------------------------------------------------------------------------------------
+
+
+class Cancellable(Protocol):
+    """A scheduled call that can be called off."""
+
+    def cancel(self) -> None:
+        """Keep it from running."""
+        ...
+
+
+class Clock(Protocol):
+    """Where a Service reads the time and schedules its restarts."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic clock."""
+        ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
+        """Run ``callback`` once ``delay`` seconds have passed."""
+        ...
+
+
+class EngineClock:
+    """The real clock: time.monotonic, and timers run on the reaping thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def now(self) -> float:
+        """Seconds on the monotonic clock."""
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
+        """Run ``callback`` on the reaping thread in ``delay`` seconds."""
+        return self._engine.call_later(delay, callback)
+
+
+class ManualClock:
+    """A clock that moves only when told to: for tests of backoff schedules.
+
+    ``advance(seconds)`` moves time forward and runs, in the calling thread, every callback
+    that has come due.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+        self._timers: list[_ManualTimer] = []
+
+    def now(self) -> float:
+        """The clock's current time."""
+        return self._now
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
+        """Run ``callback`` when the clock has been advanced ``delay`` seconds from now."""
+        timer = _ManualTimer(self._now + max(0.0, delay), callback)
+        with self._lock:
+            self._timers.append(timer)
+        return timer
+
+    def pending(self) -> list[float]:
+        """The due times of the callbacks not yet run or cancelled, soonest first."""
+        with self._lock:
+            return sorted(t.due for t in self._timers if not t.cancelled)
+
+    def advance(self, seconds: float) -> None:
+        """Move the time forward by ``seconds`` and run what has come due, in order."""
+        target = self._now + seconds
+        while True:
+            with self._lock:
+                due = [t for t in self._timers if not t.cancelled and t.due <= target]
+                if not due:
+                    break
+                timer = min(due, key=lambda t: t.due)
+                self._timers.remove(timer)
+            self._now = max(self._now, timer.due)
+            timer.callback()
+        self._now = target
+
+
+@dataclass
+class _ManualTimer:
+    due: float
+    callback: Callable[[], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+# --- the service ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Replica:
+    index: int
+    child: Child | None = None
+    started_at: float = 0.0
+    in_a_row: int = 0
+    timer: Cancellable | None = None
+    #: Copies being replaced or removed: their exits restart nothing.
+    retiring: set[int] = field(default_factory=set)
+
+
+class Service:
+    """Copies of a program or callable kept running by a restart policy.
+
+    Made by :meth:`Reaper.supervise`; see there for the arguments.
+
+    Attributes:
+        name: The Service's name, used in events and logs.
+    """
+
+    def __init__(
+        self,
+        reaper: Reaper,
+        *,
+        name: str,
+        start: Callable[[], Child],
+        replicas: int,
+        restart: RestartPolicy,
+        backoff: Backoff,
+        intensity: Intensity,
+        stop_timeout: float | None,
+        on_event: Callable[[ServiceEvent], object] | None,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        self.name = name
+        self._reaper = reaper
+        self._start = start
+        self._restart_policy = restart
+        self._backoff = backoff
+        self._intensity = intensity
+        self._stop_timeout = stop_timeout
+        self._on_event = on_event
+        self._clock = clock
+        self._rng = rng
+        self._lock = threading.RLock()
+        self._ended = threading.Event()
+        self._replicas = [_Replica(i) for i in range(replicas)]
+        self._restart_times: deque[float] = deque()
+        self._restarts = 0
+        self._last_status: ExitStatus | None = None
+        self._state: ServiceState = "starting"
+        self._final = False
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    # --- state ----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ServiceState:
+        """``starting``, ``running``, ``backing-off``, ``stopping``, ``stopped`` or ``failed``."""
+        return self._state
+
+    @property
+    def children(self) -> tuple[Child, ...]:
+        """The copies running now."""
+        with self._lock:
+            return tuple(r.child for r in self._replicas if r.child is not None)
+
+    @property
+    def replicas(self) -> int:
+        """How many copies the Service keeps."""
+        return len(self._replicas)
+
+    @property
+    def restarts(self) -> int:
+        """How many restarts the Service has made."""
+        return self._restarts
+
+    @property
+    def last_status(self) -> ExitStatus | None:
+        """How the last copy to exit ended."""
+        return self._last_status
+
+    def __repr__(self) -> str:
+        return (
+            f"<Service {self.name!r} {self._state} replicas={len(self._replicas)} "
+            f"running={len(self.children)} restarts={self._restarts}>"
+        )
+
+    # --- starting and exits ---------------------------------------------------------------
+
+    def _begin(self) -> None:
+        with self._lock:
+            for replica in self._replicas:
+                self._launch(replica)
+            self._update_state()
+
+    def _launch(self, replica: _Replica) -> None:
+        """Start one copy into ``replica`` (with the lock held)."""
+        replica.timer = None
+        child = self._start()
+        replica.child = child
+        replica.started_at = self._clock.now()
+        self._emit(ServiceEvent("started", self.name, replica.index, pid=child.pid))
+        child._add_done_callback(lambda done: self._on_exit(replica, done))
+
+    def _on_exit(self, replica: _Replica, child: Child) -> None:
+        _close_pipes(child)
+        with self._lock:
+            status = child.status
+            self._last_status = status if status is not None else self._last_status
+            self._emit(ServiceEvent("exited", self.name, replica.index, child.pid, status))
+            if child.pid in replica.retiring:
+                replica.retiring.discard(child.pid)
+                return
+            if replica.child is not child:
+                return
+            replica.child = None
+            if self._final or self._state == "stopping":
+                return
+            if not self._wants_restart(status):
+                self._update_state()
+                return
+            self._schedule_restart(replica)
+
+    def _wants_restart(self, status: ExitStatus | None) -> bool:
+        if self._restart_policy == "always":
+            return True
+        if self._restart_policy == "never":
+            return False
+        return status is None or not status.success
+
+    def _schedule_restart(self, replica: _Replica) -> None:
+        now = self._clock.now()
+        window = self._intensity.period
+        while self._restart_times and now - self._restart_times[0] >= window:
+            self._restart_times.popleft()
+        if len(self._restart_times) >= self._intensity.max_restarts:
+            self._give_up()
+            return
+        self._restart_times.append(now)
+        if now - replica.started_at >= self._backoff.reset_after:
+            replica.in_a_row = 0
+        replica.in_a_row += 1
+        delay = self._backoff.delay(replica.in_a_row, self._rng)
+        self._emit(ServiceEvent("restarting", self.name, replica.index, delay=delay))
+        replica.timer = self._clock.call_later(delay, lambda: self._restart(replica))
+        self._update_state()
+
+    def _restart(self, replica: _Replica) -> None:
+        with self._lock:
+            if self._final or self._state == "stopping" or replica.child is not None:
+                return
+            if replica not in self._replicas:
+                return
+            self._restarts += 1
+            try:
+                self._launch(replica)
+            except OSError:
+                logger.exception("%s[%d] could not be restarted", self.name, replica.index)
+                self._schedule_restart(replica)
+                return
+            self._update_state()
+
+    def _give_up(self) -> None:
+        self._emit(ServiceEvent("gave-up", self.name))
+        self._stop_copies(final_state="failed")
+
+    def _update_state(self) -> None:
+        if self._final or self._state == "stopping":
+            return
+        if any(r.timer is not None for r in self._replicas):
+            self._set_state("backing-off")
+        elif any(r.child is not None for r in self._replicas):
+            self._set_state("running")
+        else:
+            # Every copy ended and the policy restarts none: the Service is done.
+            self._finish("stopped")
+
+    def _set_state(self, state: ServiceState) -> None:
+        self._state = state
+
+    def _finish(self, state: ServiceState) -> None:
+        self._final = True
+        self._state = state
+        if state == "stopped":
+            self._emit(ServiceEvent("stopped", self.name))
+        self._ended.set()
+        waiters, self._async_waiters = self._async_waiters, []
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_wake, future)
+            except RuntimeError:
+                pass  # that event loop is closed
+
+    # --- control ------------------------------------------------------------------------------
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop every copy (SIGTERM, wait, then SIGKILL) and restart none; state ``stopped``.
+
+        Args:
+            timeout: Seconds between SIGTERM and SIGKILL; None takes the Service's
+                ``stop_timeout`` (or else the Reaper's).
+        """
+        with self._lock:
+            if self._final:
+                return
+            self._state = "stopping"
+        self._stop_copies(final_state="stopped", timeout=timeout)
+
+    def _stop_copies(self, final_state: ServiceState, timeout: float | None = None) -> None:
+        with self._lock:
+            self._state = "stopping"
+            for replica in self._replicas:
+                if replica.timer is not None:
+                    replica.timer.cancel()
+                    replica.timer = None
+            children = [r.child for r in self._replicas if r.child is not None]
+        grace = timeout if timeout is not None else self._stop_timeout
+        if children and threading.current_thread() is _engine_thread(children[0]):
+            # On the reaping thread (giving up from an exit): do not block it. TERM now, and
+            # KILL later from a timer if needed; the state ends once all have exited.
+            self._stop_from_reaping_thread(children, final_state, grace)
+            return
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.stop(grace)
+        with self._lock:
+            self._finish(final_state)
+
+    def _stop_from_reaping_thread(
+        self, children: list[Child], final_state: ServiceState, grace: float | None
+    ) -> None:
+        remaining = set(children)
+        kill_after = grace if grace is not None else self._reaper.stop_timeout
+
+        def kill_stubborn() -> None:
+            for child in list(remaining):
+                child.kill()
+
+        killer = self._clock.call_later(kill_after, kill_stubborn)
+
+        def one_done(child: Child) -> None:
+            with self._lock:
+                remaining.discard(child)
+                if not remaining:
+                    killer.cancel()
+                    if not self._final:
+                        self._finish(final_state)
+
+        for child in children:
+            child.terminate()
+            child._add_done_callback(one_done)
+
+    def restart(self) -> None:
+        """Restart every copy, one at a time: start the new copy, then stop the old one.
+
+        The pool never drops below its size while this runs (it briefly holds one more).
+        """
+        for replica in list(self._replicas):
+            with self._lock:
+                if self._final:
+                    return
+                old = replica.child
+                if old is not None:
+                    replica.retiring.add(old.pid)
+                if replica.timer is not None:
+                    replica.timer.cancel()
+                self._launch(replica)
+                self._update_state()
+            if old is not None:
+                old.stop(self._stop_timeout)
+
+    def scale(self, replicas: int) -> None:
+        """Run ``replicas`` copies: start new ones, or stop the highest-numbered ones.
+
+        Raises:
+            ValueError: ``replicas`` < 1.
+        """
+        _check_replicas(replicas)
+        retired: list[Child] = []
+        with self._lock:
+            if self._final:
+                raise ReaperError(f"{self!r} has ended; supervise() it again to run it")
+            while len(self._replicas) < replicas:
+                replica = _Replica(len(self._replicas))
+                self._replicas.append(replica)
+                self._launch(replica)
+            while len(self._replicas) > replicas:
+                replica = self._replicas.pop()
+                if replica.timer is not None:
+                    replica.timer.cancel()
+                if replica.child is not None:
+                    replica.retiring.add(replica.child.pid)
+                    retired.append(replica.child)
+            self._update_state()
+        for child in retired:
+            child.stop(self._stop_timeout)
+
+    def wait(self, timeout: float | None = None) -> ServiceState:
+        """Block until the Service is ``stopped`` or ``failed``; return that state.
+
+        Raises:
+            WaitTimeout: It still ran after ``timeout`` seconds (a TimeoutError).
+        """
+        if not self._ended.wait(timeout):
+            raise WaitTimeout(
+                0,
+                0.0 if timeout is None else timeout,
+                f"{self!r} still ran after {timeout:g} s; stop() it, or wait again",
+            )
+        return self._state
+
+    async def wait_async(self) -> ServiceState:
+        """Await, in a running event loop, the end of the Service; return its final state."""
+        import asyncio  # noqa: PLC0415 - importing asyncio costs more than all of zombiereaper
+
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+        waiter = (loop, ended)
+        with self._lock:
+            if self._ended.is_set():
+                return self._state
+            self._async_waiters.append(waiter)
+        try:
+            await ended
+        finally:
+            with self._lock:
+                if waiter in self._async_waiters:
+                    self._async_waiters.remove(waiter)
+        return self._state
+
+    # --- events -----------------------------------------------------------------------------
+
+    def _emit(self, event: ServiceEvent) -> None:
+        event = ServiceEvent(
+            event.kind, event.service, event.replica, event.pid, event.status, event.delay,
+            self._clock.now(),
+        )  # fmt: skip
+        level = logging.WARNING if event.kind == "gave-up" else logging.INFO
+        logger.log(level, "%s", event.describe())
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                logger.exception("on_event callback failed for %s", event.describe())
+
+
+def _close_pipes(child: Child) -> None:
+    """Close the pipes of a copy that has exited: nobody else holds its Popen."""
+    popen = child.popen
+    if popen is None:
+        return
+    for stream in (popen.stdin, popen.stdout, popen.stderr):
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass  # a broken pipe on flush: the reader is gone
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _engine_thread(child: Child) -> threading.Thread:
+    return child._engine.thread
+
+
+def _check_replicas(replicas: int) -> None:
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise ValueError(f"replicas must be an int >= 1, got {replicas!r}")
+
+
+def check_supervise_arguments(
+    args: Command | None,
+    target: Callable[..., object] | None,
+    replicas: int,
+    restart: str,
+) -> None:
+    """Refuse bad supervise() arguments at once.
+
+    Raises:
+        ValueError: Both or neither of ``args`` and ``target``, ``replicas`` < 1, or an unknown
+            restart policy.
+    """
+    if (args is None) == (target is None):
+        raise ValueError(
+            "supervise() takes a program (args=[...]) or a Python callable (target=...), "
+            "exactly one of them"
+        )
+    _check_replicas(replicas)
+    if restart not in RESTART_POLICIES:
+        raise ValueError(
+            f"restart must be one of {', '.join(map(repr, RESTART_POLICIES))}, got {restart!r}"
+        )
+
+
+def process_starter(
+    reaper: Reaper,
+    target: Callable[..., object],
+    target_args: Sequence[Any],
+    target_kwargs: Mapping[str, Any],
+    start_method: str | None,
+) -> Callable[[], Child]:
+    """Make the function that starts one copy of ``target`` through multiprocessing."""
+    import multiprocessing  # noqa: PLC0415 - only services of callables need it
+
+    context = multiprocessing.get_context(start_method)
+
+    def start() -> Child:
+        process: multiprocessing.process.BaseProcess = context.Process(  # type: ignore[attr-defined]
+            target=target, args=tuple(target_args), kwargs=dict(target_kwargs), daemon=False
+        )
+        process.start()
+        return reaper.watch(process)
+
+    return start
