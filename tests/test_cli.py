@@ -179,12 +179,13 @@ def test_rewrite_changes_or_drops_signals(init: list[subprocess.Popen[str]]) -> 
     assert proc.wait(10) == 0
 
 
+# Both processes write to one pipe: each line goes out in one write(), so lines never mix.
 GROUP_PROGRAM = textwrap.dedent(
     """
-    import signal, subprocess, sys
+    import os, signal, subprocess, sys
     helper = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=sys.stdout)
-    signal.signal(signal.SIGUSR1, lambda *a: print("child SIGUSR1", flush=True))
-    print("ready", flush=True)
+    signal.signal(signal.SIGUSR1, lambda *a: os.write(1, b"child SIGUSR1\\n"))
+    os.write(1, b"ready\\n")
     sys.stdin.read()
     helper.terminate()
     sys.exit(helper.wait())
@@ -192,17 +193,17 @@ GROUP_PROGRAM = textwrap.dedent(
 )
 GRANDCHILD = textwrap.dedent(
     """
-    import signal, sys
+    import os, signal, sys
     got = []
     def show(signum, frame):
         got.append(signum)
-        print("grandchild SIGUSR1", flush=True)
+        os.write(1, b"grandchild SIGUSR1\\n")
     def report(signum, frame):
-        print(f"grandchild got {len(got)}", flush=True)
+        os.write(1, f"grandchild got {len(got)}\\n".encode())
         sys.exit(0)
     signal.signal(signal.SIGUSR1, show)
     signal.signal(signal.SIGTERM, report)
-    print("grandchild ready", flush=True)
+    os.write(1, b"grandchild ready\\n")
     while True:
         signal.pause()
     """
