@@ -287,3 +287,15 @@ def test_watch_refuses_bad_targets() -> None:
             reaper.watch(0)
         with pytest.raises(ValueError, match="start"):
             reaper.watch(multiprocessing.get_context("spawn").Process(target=_exit_with))
+
+
+def test_a_refused_watch_leaves_no_trace() -> None:
+    """After watch() refuses a pid, the engine does not count it as anybody's child."""
+    from zombiereaper import _engine
+
+    with Reaper() as reaper:
+        with pytest.raises(NotOurChildError):
+            reaper.watch(1)
+        engine = _engine.current()
+        assert engine is not None
+        assert engine.owned_child(1) is None

@@ -96,7 +96,13 @@ class Engine:
         """
         with self._lock:
             self._by_pid[child.pid] = child
-        notifier = child._owner.open_notifier(backend)
+        try:
+            notifier = child._owner.open_notifier(backend)
+        except BaseException:
+            with self._lock:
+                if self._by_pid.get(child.pid) is child:
+                    del self._by_pid[child.pid]
+            raise
         if notifier is None:
             # The owner has the status already (its Popen or Process reaped it).
             self.settle(child)
