@@ -226,11 +226,11 @@ class Reaper:
         return self
 
     def uninstall(self) -> None:
-        """Stop every child this Reaper still owns, reap them, and stop reaping.
+        """Stop every Service and every child this Reaper still owns, reap them, stop reaping.
 
-        Children get SIGTERM, then SIGKILL after ``stop_timeout`` seconds. Nothing this Reaper
-        spawned outlives the call, as a process or as a zombie. Does nothing when the Reaper
-        is not installed.
+        Services stop first, the newest first; then children get SIGTERM, and SIGKILL after
+        ``stop_timeout`` seconds. Nothing this Reaper spawned outlives the call, as a process
+        or as a zombie. Does nothing when the Reaper is not installed.
 
         Warns:
             RuntimeWarning: Some children ignored SIGTERM and were killed.

@@ -390,6 +390,8 @@ class Service:
             self._restarts += 1
             try:
                 self._launch(replica)
+            except ReaperError:
+                return  # its Reaper is being uninstalled: the Service is about to stop
             except OSError:
                 logger.exception("%s[%d] could not be restarted", self.name, replica.index)
                 self._schedule_restart(replica)
