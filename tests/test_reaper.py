@@ -583,3 +583,18 @@ def test_warnings_as_errors_still_leave_no_child_running(backend: str, via: str)
     finally:
         child.popen.stdout.close()  # type: ignore[union-attr]
         reaper.uninstall()
+
+
+def test_a_reaped_child_is_not_kept_alive_by_the_reaper(backend: str) -> None:
+    """Once reaped and dropped by the caller, a Child and its Popen are freed (no leak)."""
+    import gc
+    import weakref
+
+    with Reaper(backend=backend) as reaper:  # type: ignore[arg-type]
+        child = reaper.spawn(sh("exit 0"))
+        child.wait(10)
+        refs = [weakref.ref(child), weakref.ref(child.popen)]  # type: ignore[arg-type]
+        del child
+        gc.collect()
+        assert [ref() for ref in refs] == [None, None]
+        assert len(reaper.registry) == 1

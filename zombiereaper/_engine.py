@@ -77,6 +77,7 @@ class Engine:
         self._timer_numbers = itertools.count()
         self._users = 0
         self._stopping = False
+        _sighandler.wake_on_sigchld = False
         self._thread = threading.Thread(target=self._run, name="zombiereaper", daemon=True)
         #: Sweeps of the sigchld-watched children so far (read by tests of the storm guard).
         self.sweeps = 0
@@ -114,6 +115,7 @@ class Engine:
                 self._epoll.register(fd, select.EPOLLIN)
                 return
             self._swept.add(child)
+            self._update_sigchld_need()
         # A SIGCHLD that came before the child was in the swept set woke nobody for it.
         _sighandler.wake()
 
@@ -159,6 +161,10 @@ class Engine:
         with self._lock:
             return self._by_pid.get(pid)
 
+    def _update_sigchld_need(self) -> None:
+        """Tell the SIGCHLD handler whether a signal must wake us (with ``_lock`` held)."""
+        _sighandler.wake_on_sigchld = bool(self._swept) or self._all_scope is not None
+
     def _ownership(self) -> Ownership:
         with self._lock:
             return Ownership(
@@ -193,6 +199,7 @@ class Engine:
                     "child of a process: uninstall it first, or use scope='owned' here"
                 )
             self._all_scope = scope
+            self._update_sigchld_need()
         _sighandler.wake()
 
     def detach_all_scope(self, scope: AllScope) -> None:
@@ -200,6 +207,7 @@ class Engine:
         with self._lock:
             if self._all_scope is scope:
                 self._all_scope = None
+                self._update_sigchld_need()
                 self._all_deadline = None
 
     def sweep_all_scope(
@@ -233,6 +241,7 @@ class Engine:
             if fd is not None and self._by_fd.pop(fd, None) is not None and self._epoll is not None:
                 self._epoll.unregister(fd)
             self._swept.discard(child)
+            self._update_sigchld_need()
         notifier.close()
 
     def _run(self) -> None:

@@ -11,7 +11,10 @@ import ctypes.util
 import functools
 import os
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Container
 
 _PR_SET_CHILD_SUBREAPER: Final = 36
 _PR_GET_CHILD_SUBREAPER: Final = 37
@@ -124,11 +127,17 @@ def _all_stats() -> list[ProcStat]:
     return stats
 
 
-def zombie_children() -> list[ProcStat]:
-    """This process's children that are zombies, each named by pid and start time."""
+def zombie_children(skip: Container[int] = frozenset()) -> list[ProcStat]:
+    """This process's children that are zombies, each named by pid and start time.
+
+    Args:
+        skip: Pids not to look at (their /proc files are not even read).
+    """
     me = os.getpid()
     zombies = []
     for pid in child_pids():
+        if pid in skip:
+            continue
         stat = read_stat(pid)
         if stat is not None and stat.state == "Z" and stat.ppid == me:
             zombies.append(stat)

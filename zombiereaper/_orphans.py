@@ -227,7 +227,9 @@ class AllScope:
                 self._recorded.clear()
                 return [], None
             before = ownership()
-            listed = _linux.zombie_children()
+            # Owned children are skipped unread: the cost stays with the zombies, not with
+            # every child alive (4,000 stat files made a sweep take 127 ms).
+            listed = _linux.zombie_children(skip=before.owned | self._left_alone)
             after = ownership()
             if after.spawning or after.spawns != before.spawns:
                 # One of our spawns may have forked a child it has not registered yet: it

@@ -145,7 +145,9 @@ class Reaper:
         self._children: dict[int, Child] = {}
         # Popen and Process objects already watched, so that watching one again, even after
         # it exited, returns the same Child.
-        self._by_target: weakref.WeakKeyDictionary[Any, Child] = weakref.WeakKeyDictionary()
+        # Keyed by id(): a WeakKeyDictionary would never let go, as each Child holds its target.
+        # While an entry lives, its Child keeps the target alive, so the id cannot be reused.
+        self._by_target: weakref.WeakValueDictionary[int, Child] = weakref.WeakValueDictionary()
         self._engine: _engine.Engine | None = None
         # pids whose status other code took (bounded like the registry): wait() says so.
         self._lost: collections.OrderedDict[int, None] = collections.OrderedDict()
@@ -392,7 +394,7 @@ class Reaper:
         with self._lock:
             known = self._children.get(owner.pid)
             if known is None and key is not None:
-                known = self._by_target.get(key)
+                known = self._by_target.get(id(key))
             if known is not None and (key is None or known._owner_object() is key):
                 return known
         try:
@@ -415,7 +417,7 @@ class Reaper:
             # then find it here to remove it.
             self._children[child.pid] = child
             if key is not None:
-                self._by_target[key] = child
+                self._by_target[id(key)] = child
         try:
             engine.watch(child, self._backend)
         except BaseException:
@@ -423,7 +425,7 @@ class Reaper:
                 if self._children.get(child.pid) is child:
                     del self._children[child.pid]
                 if key is not None:
-                    self._by_target.pop(key, None)
+                    self._by_target.pop(id(key), None)
             raise
         return child
 
@@ -755,7 +757,7 @@ class Reaper:
         self._lock = threading.Lock()
         self._engine = None
         self._children = {}
-        self._by_target = weakref.WeakKeyDictionary()
+        self._by_target = weakref.WeakValueDictionary()
         self._registry = Registry(self._registry.history)
         self._all_scope = None
         # The flag is per process and a fork does not inherit it: nothing to restore here.

@@ -31,6 +31,10 @@ _wake_read = -1
 _wake_write = -1
 _previous: _HandlerType = None
 _ours_installed = False
+#: Whether a SIGCHLD must wake the reaping thread: only when something is watched by sweeps
+#: (the sigchld backend, the all scope). pidfds need no signal, and a wakeup per exit for
+#: nothing cost 20 µs of the reaping thread per child.
+wake_on_sigchld = True
 
 
 def wakeup_fds() -> tuple[int, int]:
@@ -58,16 +62,16 @@ def wake() -> None:
 
 
 def drain(fd: int) -> None:
-    """Read every pending wakeup byte from the pipe's read end."""
+    """Read the pending wakeup bytes from the pipe's read end (more, if any, wake us again)."""
     try:
-        while os.read(fd, 4096):
-            pass
+        os.read(fd, 4096)
     except BlockingIOError:
         pass
 
 
 def _on_sigchld(signum: int, frame: FrameType | None) -> None:
-    wake()
+    if wake_on_sigchld:
+        wake()
     previous = _previous
     if callable(previous):
         previous(signum, frame)
