@@ -1,0 +1,1 @@
+"""The zombiereaper benchmark suite; run it with ``python benchmarks/run.py``."""

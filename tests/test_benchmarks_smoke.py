@@ -1,0 +1,89 @@
+"""The benchmark suite's quick variant runs to the end and reports every benchmark.
+
+It asserts nothing about time: only that ``benchmarks/run.py --quick`` works, so the suite
+cannot rot between full runs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUNNER = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+BENCHMARKS = ("throughput", "latency", "scaling", "memory", "zombies")
+SECTIONS = (
+    "1. Throughput",
+    "2. Exit-to-record latency",
+    "3. Scaling",
+    "4. Memory",
+    "5. Zombie lifetime",
+    "Targets",
+)
+
+pytestmark = pytest.mark.skipif(not RUNNER.exists(), reason="benchmarks/ is not in this tree")
+
+
+@pytest.fixture(scope="module")
+def quick_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    """One quick run of the suite, shared by the tests below."""
+    out = tmp_path_factory.mktemp("bench")
+    json_path, png_path = out / "results.json", out / "chart.png"
+    done = subprocess.run(
+        [sys.executable, str(RUNNER), "--quick", "--json", str(json_path), "--png", str(png_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=out,
+        check=False,
+    )
+    return done, json_path, png_path
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_prints_every_section(
+    quick_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
+    """The quick variant exits 0 and its table has a section for every benchmark and the targets."""
+    done, _, _ = quick_run
+    assert done.returncode == 0, done.stderr
+    for section in SECTIONS:
+        assert section in done.stdout, f"{section!r} missing from:\n{done.stdout}"
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_writes_json_with_every_benchmark(
+    quick_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
+    """The JSON holds every benchmark with results for each contender; every child was reaped."""
+    done, json_path, _ = quick_run
+    assert done.returncode == 0, done.stderr
+    results = json.loads(json_path.read_text(encoding="utf-8"))
+    for key in ("meta", "targets", *BENCHMARKS):
+        assert key in results, key
+    contenders = results["throughput"]["contenders"]
+    assert "Popen+wait" in contenders
+    assert any(name.startswith("zombiereaper[") for name in contenders)
+    assert results["latency"]["results"]
+    assert results["scaling"]["results"]
+    for entry in results["memory"]["results"].values():
+        assert len(entry["readings"]) == len(results["memory"]["checkpoints"])
+    for entry in results["zombies"]["results"].values():
+        assert entry["not_recorded"] == 0
+        assert entry["zombies_left"] == 0
+    assert "killed and reaped" not in done.stderr, "the run left children for the cleanup"
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_draws_chart_or_says_why_not(
+    quick_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
+    """The chart is written, or skipped with a message when matplotlib is not installed."""
+    done, _, png_path = quick_run
+    assert done.returncode == 0, done.stderr
+    assert png_path.exists() or "matplotlib is not installed" in done.stderr
