@@ -406,15 +406,12 @@ class Service:
         if self._final or self._state == "stopping":
             return
         if any(r.timer is not None for r in self._replicas):
-            self._set_state("backing-off")
+            self._state = "backing-off"
         elif any(r.child is not None for r in self._replicas):
-            self._set_state("running")
+            self._state = "running"
         else:
             # Every copy ended and the policy restarts none: the Service is done.
             self._finish("stopped")
-
-    def _set_state(self, state: ServiceState) -> None:
-        self._state = state
 
     def _finish(self, state: ServiceState) -> None:
         self._final = True
