@@ -69,7 +69,8 @@ nitpicky = True
 # There is no intersphinx (the docs build offline), so references into the standard library
 # cannot resolve; everything else still has to.
 _STDLIB_MODULES = (
-    "asyncio|collections\\.abc|logging|multiprocessing|os|select|signal|subprocess|threading|types"
+    "asyncio|collections\\.abc|logging|multiprocessing|os|random|select|signal|subprocess"
+    "|threading|types"
 )
 nitpick_ignore_regex = [(r"py:.*", rf"({_STDLIB_MODULES})\..*")]
 
@@ -80,6 +81,14 @@ _TYPE_ALIASES = {
     "BackendName": "Literal['pidfd', 'sigchld']",
     "OnExit": "Callable[[ExitStatus], object]",
     "Command": "str | bytes | PathLike | Sequence[str | bytes | PathLike]",
+    "RestartPolicy": "Literal['always', 'on-failure', 'never']",
+    "ServiceState": (
+        "Literal['starting', 'running', 'backing-off', 'stopping', 'stopped', 'failed']"
+    ),
+    "EventKind": "Literal['started', 'exited', 'restarting', 'gave-up', 'stopped']",
+    # Protocols of the private _supervise module: any object with these methods will do.
+    "Clock": "Clock (an object with now() and call_later(), such as ManualClock)",
+    "Cancellable": "Cancellable (an object with cancel())",
 }
 
 
@@ -106,10 +115,10 @@ def _keep_property_summaries(  # noqa: PLR0917 (Sphinx's event signature)
         lines[:] = doc.splitlines()
 
 
-# Child is made by Reaper.spawn(), never by hand: keep the private parameters of its constructor
-# out of the reference (api.md also gives it an empty signature). A class's "return type" is
-# its __init__'s None, which says nothing: drop it too.
-_HIDDEN_CONSTRUCTORS = frozenset({"zombiereaper.Child"})
+# Child is made by Reaper.spawn() and Service by Reaper.supervise(), never by hand: keep the
+# private parameters of their constructors out of the reference (api.md also gives them an empty
+# signature). A class's "return type" is its __init__'s None, which says nothing: drop it too.
+_HIDDEN_CONSTRUCTORS = frozenset({"zombiereaper.Child", "zombiereaper.Service"})
 
 
 def _tidy_recorded_typehints(  # noqa: PLR0917 (Sphinx's event signature)

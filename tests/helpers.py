@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Final, TypeVar
 
 import psutil
+import pytest
 
 from zombiereaper import can_use_pidfd
 
@@ -24,6 +25,29 @@ BACKENDS = ("pidfd", "sigchld") if can_use_pidfd() else ("sigchld",)
 HAS_PIDFD = can_use_pidfd()
 
 PY = sys.executable
+
+#: Python 3.12+ warns when a process with threads (ours has the reaping thread) calls
+#: os.fork(). Tests that fork on purpose, as a user choosing multiprocessing's "fork" would,
+#: filter exactly that warning; any other fork warning still fails the test.
+FORK_IN_THREADED_PROCESS: Final = (
+    r"ignore:This process .* is multi-threaded, use of fork\(\) may lead to deadlocks:"
+    "DeprecationWarning"
+)
+
+#: multiprocessing's start methods, "fork" with its warning filtered.
+START_METHODS: Final = [
+    pytest.param("fork", marks=pytest.mark.filterwarnings(FORK_IN_THREADED_PROCESS)),
+    "spawn",
+    "forkserver",
+]
+
+#: A child that ignores SIGTERM, says "ready" once it does, and sleeps a minute.
+IGNORES_SIGTERM = [
+    PY,
+    "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+    "print('ready', flush=True); time.sleep(60)",
+]
 
 
 def sh(script: str) -> list[str]:

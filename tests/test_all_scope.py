@@ -25,18 +25,18 @@ import pytest
 
 from zombiereaper import NotOurChildError, Reaper, ReaperError, _linux
 
-from .helpers import NaiveReaper, eventually, is_zombie_or_gone, read_line, sh, zombie_children
+from .helpers import (
+    FORK_IN_THREADED_PROCESS,
+    START_METHODS,
+    NaiveReaper,
+    eventually,
+    is_zombie_or_gone,
+    read_line,
+    sh,
+    zombie_children,
+)
 
 GRACE = 0.2
-FORK_IN_THREADED_PROCESS = (
-    r"ignore:This process .* is multi-threaded, use of fork\(\) may lead to deadlocks:"
-    "DeprecationWarning"
-)
-START_METHODS = [
-    pytest.param("fork", marks=pytest.mark.filterwarnings(FORK_IN_THREADED_PROCESS)),
-    "spawn",
-    "forkserver",
-]
 
 
 def _all_scope() -> contextlib.AbstractContextManager[object]:

@@ -10,12 +10,7 @@ import pytest
 
 from zombiereaper import NotOurChildError, Reaper, _engine, _sighandler
 
-from .helpers import sh
-
-FORK_IN_THREADED_PROCESS = (
-    r"ignore:This process .* is multi-threaded, use of fork\(\) may lead to deadlocks:"
-    "DeprecationWarning"
-)
+from .helpers import FORK_IN_THREADED_PROCESS, sh
 
 
 def _pidfds_open() -> int:

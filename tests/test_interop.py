@@ -15,12 +15,7 @@ import pytest
 
 from zombiereaper import Reaper
 
-from .helpers import sh, zombie_children
-
-FORK_IN_THREADED_PROCESS = (
-    r"ignore:This process .* is multi-threaded, use of fork\(\) may lead to deadlocks:"
-    "DeprecationWarning"
-)
+from .helpers import FORK_IN_THREADED_PROCESS, sh, zombie_children
 
 
 def _exit_with(code: int) -> None:

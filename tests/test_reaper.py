@@ -24,7 +24,16 @@ from zombiereaper import (
     can_use_pidfd,
 )
 
-from .helpers import eventually, is_zombie_or_gone, pid_alive, py, read_line, sh, zombie_children
+from .helpers import (
+    IGNORES_SIGTERM,
+    eventually,
+    is_zombie_or_gone,
+    pid_alive,
+    py,
+    read_line,
+    sh,
+    zombie_children,
+)
 
 
 def test_spawn_records_the_exact_exit(backend: str) -> None:
@@ -173,10 +182,7 @@ def test_stop_escalates_to_sigkill_for_a_child_that_ignores_sigterm(backend: str
     """stop() sends SIGTERM, then SIGKILL after the timeout, warns, and reaps."""
     with Reaper(backend=backend) as reaper:  # type: ignore[arg-type]
         child = reaper.spawn(
-            py(
-                "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-                "print('ready', flush=True); time.sleep(60)"
-            ),
+            IGNORES_SIGTERM,
             stdout=subprocess.PIPE,
         )
         assert read_line(child.popen.stdout) == "ready\n"  # type: ignore[union-attr]
@@ -200,10 +206,7 @@ def test_leaving_the_with_block_stops_every_child(backend: str) -> None:
         with Reaper(backend=backend, stop_timeout=0.2) as reaper:  # type: ignore[arg-type]
             sleepers = [reaper.spawn(sh("exec sleep 30")) for _ in range(5)]
             stubborn = reaper.spawn(
-                py(
-                    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-                    "print('ready', flush=True); time.sleep(60)"
-                ),
+                IGNORES_SIGTERM,
                 stdout=subprocess.PIPE,
             )
             assert read_line(stubborn.popen.stdout) == "ready\n"  # type: ignore[union-attr]
@@ -526,10 +529,7 @@ def test_the_sigkill_warning_points_at_the_callers_code(backend: str) -> None:
     """The RuntimeWarning about SIGKILL names the user's file, not zombiereaper's."""
     with Reaper(backend=backend) as reaper:  # type: ignore[arg-type]
         child = reaper.spawn(
-            py(
-                "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-                "print('ready', flush=True); time.sleep(60)"
-            ),
+            IGNORES_SIGTERM,
             stdout=subprocess.PIPE,
         )
         assert read_line(child.popen.stdout) == "ready\n"  # type: ignore[union-attr]
@@ -566,10 +566,7 @@ def test_warnings_as_errors_still_leave_no_child_running(backend: str, via: str)
 
     reaper = Reaper(backend=backend, stop_timeout=0.1).install()  # type: ignore[arg-type]
     child = reaper.spawn(
-        py(
-            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-            "print('ready', flush=True); time.sleep(60)"
-        ),
+        IGNORES_SIGTERM,
         stdout=subprocess.PIPE,
     )
     try:

@@ -23,12 +23,8 @@ from zombiereaper import (
     ServiceEvent,
 )
 
-from .helpers import sh, zombie_children
+from .helpers import FORK_IN_THREADED_PROCESS, sh, zombie_children
 
-FORK_IN_THREADED_PROCESS = (
-    r"ignore:This process .* is multi-threaded, use of fork\(\) may lead to deadlocks:"
-    "DeprecationWarning"
-)
 NO_JITTER = Backoff(initial=0.1, factor=2.0, maximum=1.0, jitter=0.0, reset_after=5.0)
 
 #: A copy that exits with the code written to its standard input.
@@ -180,21 +176,24 @@ def test_backoff_doubles_up_to_the_cap_and_resets_after_uptime(reaper: Reaper) -
 
 
 def test_jitter_stretches_delays_within_bounds(reaper: Reaper) -> None:
-    """With jitter, each delay lies between the base delay and base * (1 + jitter)."""
+    """With jitter, each delay lies between base * (1 - jitter) and base, also at the cap."""
     import random
 
     events, clock = Events(), ManualClock()
-    backoff = Backoff(initial=1.0, factor=2.0, maximum=100.0, jitter=0.5)
+    backoff = Backoff(initial=1.0, factor=2.0, maximum=4.0, jitter=0.5)
     service = reaper.supervise(
         EXIT_ON_INPUT, stdin=subprocess.PIPE, backoff=backoff, clock=clock, on_event=events,
         rng=random.Random(7), intensity=Intensity(100, 1000),
     )  # fmt: skip
-    for n, base in enumerate([1.0, 2.0, 4.0], start=1):
+    delays = []
+    for n, base in enumerate([1.0, 2.0, 4.0, 4.0, 4.0], start=1):
         _finish(service, 0, 1)
         delay = events.wait_for("restarting", n).delay
-        assert delay is not None and base <= delay <= base * 1.5
+        assert delay is not None and base * 0.5 <= delay <= base
+        delays.append(delay)
         clock.advance(delay)
         events.wait_for("started", n + 1)
+    assert len(set(delays[2:])) == 3  # still spread at the cap: no lockstep
     service.stop()
 
 
@@ -443,3 +442,90 @@ def test_random_runs_follow_the_policy(  # noqa: PLR0912 - the model is one read
         assert service.restarts == restarts
     assert service.state in {"stopped", "failed"}
     assert not zombie_children()
+
+
+def test_stop_returns_once_every_exit_is_handled(reaper: Reaper) -> None:
+    """After stop(), every exit has been told before "stopped" and each copy's pipe is closed."""
+    events = Events()
+    service = reaper.supervise(
+        ["sleep", "30"], replicas=3, stdin=subprocess.PIPE, restart="always", on_event=events
+    )
+    popens = [child.popen for child in service.children]
+    service.stop()
+    kinds = events.kinds()
+    assert kinds[-1] == "stopped"
+    assert kinds.count("exited") == 3
+    assert all(p is not None and p.stdin is not None and p.stdin.closed for p in popens)
+
+
+def test_stop_during_a_give_up_keeps_the_failure(reaper: Reaper) -> None:
+    """A stop() while the Service gives up waits for it; the state stays failed, and stays."""
+    from zombiereaper import ReaperError
+
+    from .helpers import IGNORES_SIGTERM, read_line
+
+    events, clock = Events(), ManualClock()
+    service = reaper.supervise(
+        IGNORES_SIGTERM, replicas=2, stdout=subprocess.PIPE, stop_timeout=5.0,
+        intensity=Intensity(max_restarts=0, period=60), clock=clock, on_event=events,
+    )  # fmt: skip
+    for child in service.children:
+        assert read_line(child.popen.stdout) == "ready\n"  # type: ignore[union-attr]
+    service.children[0].kill()  # no restart allowed: it gives up and TERMs the other copy
+    events.wait_for("gave-up")
+    assert service.state == "stopping"  # the other copy ignores SIGTERM
+    with pytest.raises(ReaperError, match="stopping or has ended"):
+        service.restart()
+    stopper = threading.Thread(target=service.stop)
+    stopper.start()
+    clock.advance(5.0)  # the give-up's SIGKILL comes due
+    stopper.join(10)
+    assert not stopper.is_alive()
+    assert service.state == "failed"
+    assert "stopped" not in events.kinds()
+    service.stop()
+    assert service.wait(1) == "failed"
+
+
+def test_a_failed_rolling_restart_leaves_the_old_copy_supervised(
+    reaper: Reaper, tmp_path: object
+) -> None:
+    """If restart() cannot start the new copy, the old one stays in charge and is handled."""
+    import os
+    import shutil
+
+    program = os.path.join(str(tmp_path), "sleep")
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", program)  # a binary: no script to reread
+    service = reaper.supervise([program, "30"], restart="never")
+    old = service.children[0]
+    os.remove(program)
+    with pytest.raises(FileNotFoundError):
+        service.restart()
+    assert service.children == (old,)
+    old.kill()
+    assert service.wait(10) == "stopped"
+
+
+def test_blocking_calls_from_on_event_are_refused() -> None:
+    """restart(), scale() down and wait() from on_event raise instead of blocking the reaper."""
+    from zombiereaper import ReaperError
+
+    caught: list[str] = []
+    done = threading.Event()
+
+    def on_event(event: ServiceEvent) -> None:
+        if event.kind != "exited" or done.is_set():
+            return
+        for call in (service.restart, lambda: service.scale(1), service.wait):
+            try:
+                call()
+            except ReaperError as err:
+                caught.append(str(err))
+        done.set()
+
+    with Reaper() as reaper:
+        service = reaper.supervise(["sleep", "30"], replicas=2, on_event=on_event)
+        service.children[0].kill()
+        assert done.wait(10)
+    assert len(caught) == 3
+    assert all("reaping thread" in message for message in caught)

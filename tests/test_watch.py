@@ -14,17 +14,15 @@ import pytest
 
 from zombiereaper import NotInstalledError, NotOurChildError, Reaper
 
-from .helpers import eventually, is_zombie_or_gone, read_line, sh, zombie_children
-
-FORK_IN_THREADED_PROCESS = (
-    r"ignore:This process .* is multi-threaded, use of fork\(\) may lead to deadlocks:"
-    "DeprecationWarning"
+from .helpers import (
+    FORK_IN_THREADED_PROCESS,
+    START_METHODS,
+    eventually,
+    is_zombie_or_gone,
+    read_line,
+    sh,
+    zombie_children,
 )
-START_METHODS = [
-    pytest.param("fork", marks=pytest.mark.filterwarnings(FORK_IN_THREADED_PROCESS)),
-    "spawn",
-    "forkserver",
-]
 
 
 def _exit_with(code: int) -> None:

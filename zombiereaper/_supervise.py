@@ -45,15 +45,15 @@ class Backoff:
     """How long to wait before restarting a copy: exponential, capped, with jitter.
 
     The n-th restart in a row of one copy waits ``initial * factor**(n-1)`` seconds, at most
-    ``maximum``, stretched by a random fraction up to ``jitter`` (so that copies that crashed
-    together do not restart in lockstep). A copy that stayed up ``reset_after`` seconds or
-    more starts again from ``initial``.
+    ``maximum``, shortened by a random fraction up to ``jitter`` (so that copies that crashed
+    together do not restart in lockstep, also once they all reach the cap). A copy that stayed
+    up ``reset_after`` seconds or more starts again from ``initial``.
 
     Attributes:
         initial: The first delay, in seconds.
         factor: What each further delay is multiplied by.
         maximum: The longest delay.
-        jitter: The largest random stretch, as a fraction of the delay (0 for none).
+        jitter: The largest random cut, as a fraction of the delay (0 for none, at most 1).
         reset_after: Seconds of uptime after which the next failure counts as the first.
     """
 
@@ -69,16 +69,16 @@ class Backoff:
                 "Backoff needs initial >= 0, factor >= 1 and maximum >= initial, got "
                 f"initial={self.initial}, factor={self.factor}, maximum={self.maximum}"
             )
-        if not (self.jitter >= 0 and self.reset_after >= 0):
+        if not (0 <= self.jitter <= 1 and self.reset_after >= 0):
             raise ValueError(
-                f"Backoff needs jitter >= 0 and reset_after >= 0, got jitter={self.jitter}, "
-                f"reset_after={self.reset_after}"
+                "Backoff needs 0 <= jitter <= 1 and reset_after >= 0, got "
+                f"jitter={self.jitter}, reset_after={self.reset_after}"
             )
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """The delay before restart number ``attempt`` (1 for the first in a row)."""
         base = min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
-        return min(self.maximum, base * (1 + rng.uniform(0, self.jitter)))
+        return base * (1 - rng.uniform(0, self.jitter))
 
 
 @dataclass(frozen=True)
@@ -285,6 +285,12 @@ class Service:
         self._last_status: ExitStatus | None = None
         self._state: ServiceState = "starting"
         self._final = False
+        #: The state the Service ends in once its copies have exited (set when stopping).
+        self._ending: ServiceState | None = None
+        #: Copies whose exit has not been handled yet (retiring ones included).
+        self._unhandled: set[Child] = set()
+        self._handled = threading.Condition(self._lock)
+        self._killer: Cancellable | None = None
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     # --- state ----------------------------------------------------------------------------
@@ -335,27 +341,37 @@ class Service:
         child = self._start()
         replica.child = child
         replica.started_at = self._clock.now()
+        self._unhandled.add(child)
         self._emit(ServiceEvent("started", self.name, replica.index, pid=child.pid))
         child._add_done_callback(lambda done: self._on_exit(replica, done))
 
     def _on_exit(self, replica: _Replica, child: Child) -> None:
         _close_pipes(child)
         with self._lock:
-            status = child.status
-            self._last_status = status if status is not None else self._last_status
-            self._emit(ServiceEvent("exited", self.name, replica.index, child.pid, status))
-            if child.pid in replica.retiring:
-                replica.retiring.discard(child.pid)
-                return
-            if replica.child is not child:
-                return
-            replica.child = None
-            if self._final or self._state == "stopping":
-                return
-            if not self._wants_restart(status):
-                self._update_state()
-                return
-            self._schedule_restart(replica)
+            try:
+                self._handle_exit(replica, child)
+            finally:
+                self._unhandled.discard(child)
+                if self._ending is not None and not self._unhandled and not self._final:
+                    self._finish(self._ending)
+                self._handled.notify_all()
+
+    def _handle_exit(self, replica: _Replica, child: Child) -> None:
+        status = child.status
+        self._last_status = status if status is not None else self._last_status
+        self._emit(ServiceEvent("exited", self.name, replica.index, child.pid, status))
+        if child.pid in replica.retiring:
+            replica.retiring.discard(child.pid)
+            return
+        if replica.child is not child:
+            return
+        replica.child = None
+        if self._final or self._ending is not None:
+            return
+        if not self._wants_restart(status):
+            self._update_state()
+            return
+        self._schedule_restart(replica)
 
     def _wants_restart(self, status: ExitStatus | None) -> bool:
         if self._restart_policy == "always":
@@ -377,13 +393,14 @@ class Service:
             replica.in_a_row = 0
         replica.in_a_row += 1
         delay = self._backoff.delay(replica.in_a_row, self._rng)
-        self._emit(ServiceEvent("restarting", self.name, replica.index, delay=delay))
         replica.timer = self._clock.call_later(delay, lambda: self._restart(replica))
         self._update_state()
+        # Told once the state says so: a listener woken by the event sees "backing-off".
+        self._emit(ServiceEvent("restarting", self.name, replica.index, delay=delay))
 
     def _restart(self, replica: _Replica) -> None:
         with self._lock:
-            if self._final or self._state == "stopping" or replica.child is not None:
+            if self._final or self._ending is not None or replica.child is not None:
                 return
             if replica not in self._replicas:
                 return
@@ -403,7 +420,7 @@ class Service:
         self._stop_copies(final_state="failed")
 
     def _update_state(self) -> None:
-        if self._final or self._state == "stopping":
+        if self._final or self._ending is not None:
             return
         if any(r.timer is not None for r in self._replicas):
             self._state = "backing-off"
@@ -416,6 +433,8 @@ class Service:
     def _finish(self, state: ServiceState) -> None:
         self._final = True
         self._state = state
+        if self._killer is not None:
+            self._killer.cancel()
         if state == "stopped":
             self._emit(ServiceEvent("stopped", self.name))
         self._ended.set()
@@ -435,72 +454,91 @@ class Service:
             timeout: Seconds between SIGTERM and SIGKILL; None takes the Service's
                 ``stop_timeout`` (or else the Reaper's).
         """
-        with self._lock:
-            if self._final:
-                return
-            self._state = "stopping"
         self._stop_copies(final_state="stopped", timeout=timeout)
 
     def _stop_copies(self, final_state: ServiceState, timeout: float | None = None) -> None:
+        """Stop every copy and end in ``final_state`` once all their exits are handled.
+
+        A stop already under way (a give-up, say) keeps its final state: this only waits.
+        From the reaping thread nothing blocks: SIGTERM now, SIGKILL from a timer.
+        """
+        on_reaping_thread = threading.current_thread() is self._reaper_thread()
         with self._lock:
-            self._state = "stopping"
-            for replica in self._replicas:
-                if replica.timer is not None:
-                    replica.timer.cancel()
-                    replica.timer = None
-            children = [r.child for r in self._replicas if r.child is not None]
+            if self._final:
+                return
+            already = self._ending is not None
+            if not already:
+                self._ending = final_state
+                self._state = "stopping"
+                for replica in self._replicas:
+                    if replica.timer is not None:
+                        replica.timer.cancel()
+                        replica.timer = None
+            children = list(self._unhandled)
+            if not children:
+                self._finish(self._ending or final_state)
+                return
         grace = timeout if timeout is not None else self._stop_timeout
-        if children and threading.current_thread() is _engine_thread(children[0]):
-            # On the reaping thread (giving up from an exit): do not block it. TERM now, and
-            # KILL later from a timer if needed; the state ends once all have exited.
-            self._stop_from_reaping_thread(children, final_state, grace)
+        if on_reaping_thread:
+            if not already:
+                for child in children:
+                    child.terminate()
+                kill_after = grace if grace is not None else self._reaper.stop_timeout
+
+                def kill_the_stubborn() -> None:
+                    for child in children:
+                        child.kill()  # a no-op for those already reaped
+
+                with self._lock:
+                    self._killer = self._clock.call_later(kill_after, kill_the_stubborn)
             return
-        for child in children:
-            child.terminate()
-        for child in children:
-            child.stop(grace)
-        with self._lock:
-            self._finish(final_state)
+        if not already:
+            for child in children:
+                child.terminate()
+            for child in children:
+                child.stop(grace)
+        with self._handled:
+            # Returns once every exit has been handled: events told, pipes closed.
+            self._handled.wait_for(lambda: self._final)
 
-    def _stop_from_reaping_thread(
-        self, children: list[Child], final_state: ServiceState, grace: float | None
-    ) -> None:
-        remaining = set(children)
-        kill_after = grace if grace is not None else self._reaper.stop_timeout
+    def _reaper_thread(self) -> threading.Thread | None:
+        engine = self._reaper._engine
+        return engine.thread if engine is not None else None
 
-        def kill_stubborn() -> None:
-            for child in list(remaining):
-                child.kill()
-
-        killer = self._clock.call_later(kill_after, kill_stubborn)
-
-        def one_done(child: Child) -> None:
-            with self._lock:
-                remaining.discard(child)
-                if not remaining:
-                    killer.cancel()
-                    if not self._final:
-                        self._finish(final_state)
-
-        for child in children:
-            child.terminate()
-            child._add_done_callback(one_done)
+    def _refuse_on_reaping_thread(self, what: str) -> None:
+        if threading.current_thread() is self._reaper_thread():
+            raise ReaperError(
+                f"{what} waits for copies to exit, which the reaping thread reports: it cannot "
+                "run there (from on_event?); call it from another thread"
+            )
 
     def restart(self) -> None:
         """Restart every copy, one at a time: start the new copy, then stop the old one.
 
         The pool never drops below its size while this runs (it briefly holds one more).
+
+        Raises:
+            ReaperError: Called from ``on_event`` on the reaping thread, or the Service is
+                stopping or has ended.
         """
+        self._refuse_on_reaping_thread("restart()")
         for replica in list(self._replicas):
             with self._lock:
-                if self._final:
-                    return
+                if self._final or self._ending is not None:
+                    raise ReaperError(f"{self!r} is stopping or has ended: nothing to restart")
                 old = replica.child
                 if old is not None:
                     replica.retiring.add(old.pid)
                 if replica.timer is not None:
                     replica.timer.cancel()
-                self._launch(replica)
+                try:
+                    self._launch(replica)
+                except BaseException:
+                    if old is not None:
+                        # The old copy stays in charge: its exit must be handled as usual.
+                        replica.retiring.discard(old.pid)
+                        replica.child = old
+                    raise
                 self._update_state()
             if old is not None:
                 old.stop(self._stop_timeout)
@@ -512,10 +550,12 @@ class Service:
             ValueError: ``replicas`` < 1.
         """
         _check_replicas(replicas)
+        if replicas < len(self._replicas):
+            self._refuse_on_reaping_thread("scale() down")
         retired: list[Child] = []
         with self._lock:
-            if self._final:
-                raise ReaperError(f"{self!r} has ended; supervise() it again to run it")
+            if self._final or self._ending is not None:
+                raise ReaperError(f"{self!r} is stopping or has ended; supervise() it again")
             while len(self._replicas) < replicas:
                 replica = _Replica(len(self._replicas))
                 self._replicas.append(replica)
@@ -536,7 +576,10 @@ class Service:
 
         Raises:
             WaitTimeout: It still ran after ``timeout`` seconds (a TimeoutError).
+            ReaperError: Called from ``on_event`` on the reaping thread.
         """
+        if not self._ended.is_set():
+            self._refuse_on_reaping_thread("wait()")
         if not self._ended.wait(timeout):
             raise WaitTimeout(
                 0,
@@ -596,10 +639,6 @@ def _close_pipes(child: Child) -> None:
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _engine_thread(child: Child) -> threading.Thread:
-    return child._engine.thread
 
 
 def _check_replicas(replicas: int) -> None:
