@@ -422,3 +422,16 @@ def test_version_and_python_m() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
     assert result.stdout.startswith("zombiereaper ")
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux script for a tty")
+def test_the_program_gets_the_terminals_foreground() -> None:
+    """On a terminal, the program runs in its own process group, which has the foreground."""
+    check = "import os; print('foreground', os.tcgetpgrp(0) == os.getpgrp() == os.getpid())"
+    command = " ".join([*CLI, "run", "-s", "--", sys.executable, "-c", f'"{check}"'])
+    result = subprocess.run(
+        ["script", "-qec", command, "/dev/null"],
+        capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "foreground True" in result.stdout
