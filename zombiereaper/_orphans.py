@@ -309,10 +309,7 @@ def wait_for_child(pid: int, timeout: float | None) -> ExitStatus:
         StatusLostError: Its owner reaped it while we waited, and kept the status to itself.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        status = peek_child(pid)
-    except ChildProcessError:
-        raise NotOurChildError(pid, f"pid {pid} is not a child of this process") from None
+    status = _peek_our_child(pid)
     if status is not None:
         return status
     if pidfd.is_available():
@@ -342,19 +339,13 @@ async def wait_for_child_async(pid: int) -> ExitStatus:
     """
     import asyncio  # noqa: PLC0415 - importing asyncio costs more than all of zombiereaper
 
-    try:
-        status = peek_child(pid)
-    except ChildProcessError:
-        raise NotOurChildError(pid, f"pid {pid} is not a child of this process") from None
+    status = _peek_our_child(pid)
     if status is not None:
         return status
     loop = asyncio.get_running_loop()
     if not pidfd.is_available():
         return await loop.run_in_executor(None, wait_for_child, pid, None)
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        raise StatusLostError(pid) from None
+    fd = _open_pidfd(pid)
     try:
         status = _peek_pidfd(pid, fd)
         if status is not None:
@@ -379,24 +370,35 @@ async def wait_for_child_async(pid: int) -> ExitStatus:
 
 
 def _peek_pidfd(pid: int, fd: int) -> ExitStatus | None:
-    """The status behind a pidfd that must name our unreaped child (else StatusLostError)."""
+    """The status behind a pidfd that must name our unreaped child (else StatusLostError).
+
+    The pidfd names whatever had the pid when it was opened: ECHILD here means that was no
+    longer our child (its owner reaped it; the pid may even be a stranger's now).
+    """
     try:
         return _decode(pid, os.waitid(os.P_PIDFD, fd, _PEEK))
     except ChildProcessError:
         raise StatusLostError(pid) from None
 
 
-def _wait_with_pidfd(pid: int, deadline: float | None, timeout: float | None) -> ExitStatus:
+def _peek_our_child(pid: int) -> ExitStatus | None:
     try:
-        fd = os.pidfd_open(pid)
+        return peek_child(pid)
+    except ChildProcessError:
+        raise NotOurChildError(pid, f"pid {pid} is not a child of this process") from None
+
+
+def _open_pidfd(pid: int) -> int:
+    try:
+        return os.pidfd_open(pid)
     except ProcessLookupError:
         raise StatusLostError(pid) from None
+
+
+def _wait_with_pidfd(pid: int, deadline: float | None, timeout: float | None) -> ExitStatus:
+    fd = _open_pidfd(pid)
     try:
-        try:
-            # The pidfd names whatever has the pid now: it must still be our unreaped child.
-            status = _decode(pid, os.waitid(os.P_PIDFD, fd, _PEEK))
-        except ChildProcessError:
-            raise StatusLostError(pid) from None
+        status = _peek_pidfd(pid, fd)
         if status is not None:
             return status
         poller = select.poll()
@@ -407,11 +409,7 @@ def _wait_with_pidfd(pid: int, deadline: float | None, timeout: float | None) ->
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(pid, timeout or 0.0)
-        try:
-            result = os.waitid(os.P_PIDFD, fd, _PEEK)
-        except ChildProcessError:
-            raise StatusLostError(pid) from None
-        status = _decode(pid, result)
+        status = _peek_pidfd(pid, fd)
         if status is None:  # pragma: no cover - a readable pidfd means it has exited
             raise StatusLostError(pid)
         return status
