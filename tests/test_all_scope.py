@@ -353,4 +353,3 @@ def test_cancelling_wait_async_of_any_child_leaves_nothing() -> None:
         assert popen.poll() is None
         popen.kill()
         assert popen.wait(10) == -signal.SIGKILL
-

@@ -98,7 +98,7 @@ def test_missing_program_exits_127_naming_it() -> None:
     """A program that does not exist: exit 127 and a message with its name."""
     result = run_cli("run", "-s", "--", "no-such-program-zr")
     assert result.returncode == 127
-    assert "no-such-program-zr: command not found" in result.stderr
+    assert "no-such-program-zr: No such file or directory (not found)" in result.stderr
 
 
 def test_unexecutable_program_exits_126_naming_it(tmp_path: object) -> None:
@@ -238,6 +238,7 @@ def test_program_starts_clean_in_its_own_process_group() -> None:
         import os, signal, sys
         signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR1, signal.SIGTERM}})
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
         os.execv(sys.executable, {CLI!r} + ["run", "-s", "--", "cat", "/proc/self/status",
                                             "/proc/self/stat"])
         """
@@ -435,3 +436,40 @@ def test_the_program_gets_the_terminals_foreground() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "foreground True" in result.stdout
+
+
+def test_an_inherited_ignored_sigchld_loses_no_status() -> None:
+    """Started with SIGCHLD ignored, the init still gets its program's status every time."""
+    launcher = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        os.execv(sys.executable, {CLI!r} + ["run", "-s", "--", "sh", "-c", "exit 3"])
+        """
+    )
+
+    def run_once(_: int) -> int:
+        return subprocess.run([sys.executable, "-c", launcher], timeout=30, check=False).returncode
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(run_once, range(12))) == [3] * 12
+
+
+@pytest.mark.skipif(not _linux.can_be_subreaper(), reason="needs PR_SET_CHILD_SUBREAPER")
+def test_drain_wakes_a_stopped_descendant_so_that_it_obeys_sigterm() -> None:
+    """--drain sends SIGCONT with SIGTERM: a stopped descendant ends without needing SIGKILL."""
+    program = "sleep 30 & kill -STOP $!; echo $!; exit 0"
+    result = run_cli("run", "-s", "-v", "--drain", "10", "--", "sh", "-c", program, timeout=20)
+    assert result.returncode == 0
+    assert not psutil.pid_exists(int(result.stdout))
+    assert "SIGKILL" not in result.stderr
+
+
+@pytest.mark.skipif(not _linux.can_be_subreaper(), reason="needs PR_SET_CHILD_SUBREAPER")
+def test_drain_outlasts_a_descendant_that_keeps_forking() -> None:
+    """--drain kills again until nothing is left, however often a descendant forks."""
+    program = "(trap '' TERM; while :; do sleep 30 & sleep 0.001; done) & exit 0"
+    result = run_cli("run", "-s", "-v", "--drain", "0.3", "--", "sh", "-c", program, timeout=20)
+    assert result.returncode == 0
+    assert "SIGKILL" in result.stderr
+    # Anything left would now be this process's (a subreaper): the leak check would catch it.

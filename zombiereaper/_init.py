@@ -131,6 +131,9 @@ def run_init(options: InitOptions, stderr: TextIO | None = None) -> int:
     # Whatever mask we were started with, the program must start with none (subprocess gives
     # it the mask of the thread that starts it), and a blocked signal could not be forwarded.
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    # Started with SIGCHLD ignored, the kernel would discard the program's status before the
+    # Reaper is installed, and the program would inherit the setting.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     wake_read, wake_write = os.pipe()
     for fd in (wake_read, wake_write):
         os.set_blocking(fd, False)
@@ -152,8 +155,9 @@ def run_init(options: InitOptions, stderr: TextIO | None = None) -> int:
             # No thread exists yet (the Reaper starts its own below): Python may run here.
             preexec_fn=_take_terminal if _owns_terminal_foreground() else None,  # noqa: PLW1509
         )
-    except FileNotFoundError:
-        log.say(f"{program}: command not found")
+    except FileNotFoundError as err:
+        # ENOENT: the program, or the interpreter its #! line names, does not exist.
+        log.say(f"{program}: {err.strerror} (not found)")
         return EXIT_NOT_FOUND
     except OSError as err:
         log.say(f"{program}: cannot execute: {err.strerror}")
@@ -221,6 +225,7 @@ def _drain(seconds: float, log: _Log) -> None:
     for proc in descendants:
         try:
             proc.terminate()  # psutil checks pid and start time: never a recycled pid
+            proc.resume()  # a stopped process could not act on SIGTERM (systemd does the same)
         except psutil.NoSuchProcess:
             pass
     deadline = time.monotonic() + seconds
@@ -229,13 +234,15 @@ def _drain(seconds: float, log: _Log) -> None:
     stubborn = _live_descendants()
     if stubborn:
         log.debug(f"{len(stubborn)} process(es) still ran after {seconds:g} s: SIGKILL")
+    # Again and again: a descendant may fork between the listing and the kill.
+    while stubborn:
         for proc in stubborn:
             try:
                 proc.kill()
             except psutil.NoSuchProcess:
                 pass
-    while _live_descendants():
         time.sleep(0.01)
+        stubborn = _live_descendants()
 
 
 def _live_descendants() -> list[psutil.Process]:
