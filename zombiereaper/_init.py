@@ -165,14 +165,14 @@ def run_init(options: InitOptions, stderr: TextIO | None = None) -> int:
     log.debug(f"started {program} as pid {popen.pid}")
 
     def on_exit(status: ExitStatus) -> None:
-        if status.pid == popen.pid:
-            os.write(wake_write, _PROGRAM_EXITED)
-        else:
+        if status.pid != popen.pid:
             log.debug(f"reaped orphan: {status}")
 
     reaper = Reaper(scope="all", grace=0.0, on_exit=on_exit).install()
     try:
         child = reaper.watch(popen)
+        # Called however the program ended, its status lost included: the loop must wake.
+        child._add_done_callback(lambda _: os.write(wake_write, _PROGRAM_EXITED))
         _forward_until_exit(child, options, wake_read, log)
         if options.drain is not None:
             _drain(options.drain, log)
