@@ -11,20 +11,13 @@ import pytest
 
 from zombiereaper import _engine, _linux, _sighandler
 
+# multiprocessing's fork server and resource tracker live for the whole run, by design: the
+# plugin's own rule, so that this guard and the plugin never disagree.
+from zombiereaper.pytest_plugin import _is_long_lived_helper
+
 from .helpers import BACKENDS, eventually
 
 pytest_plugins = ["pytester"]
-
-# Started once by multiprocessing and kept for the rest of the run, by design.
-_LONG_LIVED_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
-
-
-def _is_long_lived_helper(proc: psutil.Process) -> bool:
-    try:
-        cmdline = " ".join(proc.cmdline())
-    except psutil.Error:
-        return False
-    return any(name in cmdline for name in _LONG_LIVED_HELPERS)
 
 
 def _leftovers(before: set[int]) -> list[psutil.Process]:
