@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Self
 
 from ._errors import (
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     import asyncio
     import multiprocessing.process
     import subprocess
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from types import TracebackType
 
     from ._engine import Engine
@@ -303,6 +304,35 @@ class Child:
         else:
             state = self._status.outcome
         return f"<Child pid={self.pid} {state}>"
+
+
+def stop_children(children: Sequence[Child], timeout: float) -> None:
+    """Stop ``children`` together: SIGTERM to all, one shared wait, SIGKILL to the rest.
+
+    Warns:
+        RuntimeWarning: Some ignored SIGTERM and were killed (sent once all are reaped: with
+            warnings turned into errors, a warning sent before the SIGKILL would leave them
+            running).
+    """
+    if not children:
+        return
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + timeout
+    for child in children:
+        child._done.wait(finite_or_none(deadline - time.monotonic()))
+    stubborn = [child for child in children if not child._done.is_set()]
+    if not stubborn:
+        return
+    for child in stubborn:
+        child.kill()
+    for child in stubborn:
+        child._done.wait()
+    warn_at_caller(
+        f"{len(stubborn)} child(ren) still ran {timeout:g} s after SIGTERM "
+        f"(pids {', '.join(str(child.pid) for child in stubborn)}); sent SIGKILL",
+        RuntimeWarning,
+    )
 
 
 def finite_or_none(timeout: float | None) -> float | None:

@@ -61,12 +61,17 @@ sys.exit(main())
 _Stream = int | IO[Any] | None
 
 
-def _argv(args: Command) -> list[str]:
+def command_argv(args: Command) -> list[str]:
+    """A command as Popen takes it, as a list of strings (a lone path is the program).
+
+    Raises:
+        ValueError: The command is empty.
+    """
     if isinstance(args, str | bytes | os.PathLike):
         return [os.fsdecode(args)]
     argv = [os.fsdecode(arg) for arg in args]
     if not argv:
-        raise ValueError("spawn_detached() needs a program to run: args is empty")
+        raise ValueError("a command needs a program to run: args is empty")
     return argv
 
 
@@ -86,7 +91,7 @@ def spawn_detached(
     See :meth:`zombiereaper.Reaper.spawn_detached` for the contract. ``on_helper(pid)`` is
     told the helper's pid before it is waited for, so that an all-scope reaper leaves it alone.
     """
-    argv = _argv(args)
+    argv = command_argv(args)
     fds = tuple(pass_fds)
     for fd in fds:
         if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:

@@ -9,7 +9,6 @@ import os
 import random
 import subprocess
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing.process import BaseProcess
@@ -17,14 +16,13 @@ from typing import IO, TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
 
 from . import _engine, _linux
 from ._backends import BackendName, resolve_backend
-from ._child import Child, finite_or_none
-from ._detach import spawn_detached
+from ._child import Child, stop_children
+from ._detach import command_argv, spawn_detached
 from ._errors import (
     NotInstalledError,
     NotOurChildError,
     ReaperError,
     StatusLostError,
-    warn_at_caller,
 )
 from ._orphans import DEFAULT_GRACE, AllScope, wait_for_child, wait_for_child_async
 from ._owners import PidOwner, PopenOwner, ProcessOwner
@@ -285,27 +283,7 @@ class Reaper:
         self.uninstall()
 
     def _stop_children(self, engine: _engine.Engine) -> None:
-        children = self.children
-        if not children:
-            return
-        for child in children:
-            child.terminate()
-        deadline = time.monotonic() + self._stop_timeout
-        for child in children:
-            child._done.wait(finite_or_none(deadline - time.monotonic()))
-        stubborn = [child for child in children if not child._done.is_set()]
-        if stubborn:
-            for child in stubborn:
-                child.kill()
-            for child in stubborn:
-                child._done.wait()
-            # Warned only once all are reaped: with warnings turned into errors, a warning sent
-            # before the SIGKILL would leave them running.
-            warn_at_caller(
-                f"{len(stubborn)} child(ren) still ran {self._stop_timeout:g} s after SIGTERM "
-                f"(pids {', '.join(str(child.pid) for child in stubborn)}); sent SIGKILL",
-                RuntimeWarning,
-            )
+        stop_children(self.children, self._stop_timeout)
 
     # --- children -----------------------------------------------------------------------------
 
@@ -499,7 +477,7 @@ class Reaper:
         if args is not None:
             program = args
             start = functools.partial(self.spawn, program, **spawn_kwargs)
-            default_name = os.path.basename(os.fsdecode(_first_word(program)))
+            default_name = os.path.basename(command_argv(program)[0])
         else:
             assert target is not None
             start = process_starter(self, target, target_args, target_kwargs or {}, start_method)
@@ -769,12 +747,3 @@ class Reaper:
             f"<Reaper scope={self._scope} backend={self._backend} {state} "
             f"children={len(self._children)} recorded={len(self._registry)}>"
         )
-
-
-def _first_word(command: Command) -> str | bytes | os.PathLike[str] | os.PathLike[bytes]:
-    if isinstance(command, str | bytes | os.PathLike):
-        return command
-    words = list(command)
-    if not words:
-        raise ValueError("a command needs a program to run: args is empty")
-    return words[0]

@@ -38,10 +38,6 @@ class Registry(Mapping[int, ExitStatus]):
             while len(self._records) > self._history:
                 self._records.popitem(last=False)
 
-    def _clear(self) -> None:
-        with self._lock:
-            self._records.clear()
-
     def __getitem__(self, pid: int) -> ExitStatus:
         with self._lock:
             return self._records[pid]

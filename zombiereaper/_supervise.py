@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
+from ._child import stop_children
 from ._errors import ReaperError, WaitTimeout
 
 if TYPE_CHECKING:
@@ -493,10 +494,7 @@ class Service:
                     self._killer = self._clock.call_later(kill_after, kill_the_stubborn)
             return
         if not already:
-            for child in children:
-                child.terminate()
-            for child in children:
-                child.stop(grace)
+            stop_children(children, grace if grace is not None else self._reaper.stop_timeout)
         with self._handled:
             # Returns once every exit has been handled: events told, pipes closed.
             self._handled.wait_for(lambda: self._final)
