@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 from . import _linux
 from ._backends import pidfd
 from ._errors import NotOurChildError, StatusLostError, WaitTimeout
+from ._owners import store_exit_in_process
 from ._status import ExitStatus, decode_wait_status, wait_status_from_waitid
 
 if TYPE_CHECKING:
@@ -293,10 +294,8 @@ class AllScope:
             status = peek_child(zombie.pid)
         except ChildProcessError:
             return True
-        popen = getattr(process, "_popen", None)
-        if status is not None and popen is not None and getattr(popen, "returncode", 0) is None:
-            # Stored first, so its poll() answers without a waitpid that would see ECHILD.
-            popen.returncode = status.returncode
+        if status is not None:
+            store_exit_in_process(process, status)
         return reap_zombie(zombie) is not None
 
 

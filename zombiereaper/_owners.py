@@ -240,12 +240,7 @@ class ProcessOwner:
         if raw is None:
             return RUNNING
         status = decode_wait_status(self._pid, raw)
-        # multiprocessing has no lock: a join() racing ours would see ECHILD and keep
-        # exitcode None forever. Storing the code first makes its poll() return it without
-        # ever calling waitpid.
-        popen = getattr(self.process, "_popen", None)
-        if popen is not None and getattr(popen, "returncode", 0) is None:
-            popen.returncode = status.returncode
+        store_exit_in_process(self.process, status)
         try:
             notifier.reap()
         except ChildProcessError:
@@ -275,6 +270,17 @@ class ProcessOwner:
         # exitcode polls the Process's own machinery (waitpid, or the forkserver's pipe).
         code = _wait_for_owner(lambda: self.process.exitcode, _OWNER_STORE_TIMEOUT)
         return None if code is None else ExitStatus.from_returncode(self._pid, code)
+
+
+def store_exit_in_process(process: Any, status: ExitStatus) -> None:
+    """Give a multiprocessing Process its exit code before its child is reaped.
+
+    multiprocessing has no lock: a join() racing our reap would see ECHILD and keep exitcode
+    None forever. With the code stored first, its poll() answers without calling waitpid.
+    """
+    popen = getattr(process, "_popen", None)
+    if popen is not None and getattr(popen, "returncode", 0) is None:
+        popen.returncode = status.returncode
 
 
 # --- a bare pid --------------------------------------------------------------------------------
