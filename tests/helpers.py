@@ -117,6 +117,18 @@ def read_line(stream: object, timeout: float = 10.0) -> str:
     return line.decode()
 
 
+def pidfds_open() -> int:
+    """How many pidfds this process holds."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[pidfd]":
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with ``pid`` exists and is not a zombie."""
     try:

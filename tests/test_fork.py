@@ -10,18 +10,7 @@ import pytest
 
 from zombiereaper import NotOurChildError, Reaper, _engine, _sighandler
 
-from .helpers import FORK_IN_THREADED_PROCESS, sh
-
-
-def _pidfds_open() -> int:
-    count = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[pidfd]":
-                count += 1
-        except OSError:
-            pass
-    return count
+from .helpers import FORK_IN_THREADED_PROCESS, pidfds_open, sh
 
 
 @pytest.mark.filterwarnings(FORK_IN_THREADED_PROCESS)
@@ -42,7 +31,7 @@ def test_forked_child_starts_clean_and_can_reap_its_own(backend: str) -> None:
                 assert signal.getsignal(signal.SIGCHLD) is handler_before
                 assert not _sighandler.is_installed()
                 if backend == "pidfd":
-                    assert _pidfds_open() == 0, "inherited pidfds were not closed"
+                    assert pidfds_open() == 0, "inherited pidfds were not closed"
                 try:
                     sleeper.wait(1)
                 except NotOurChildError:

@@ -38,6 +38,11 @@ def test_every_child_of_a_burst_is_reaped_with_its_exact_status(
     backend: str, plan: list[tuple[tuple[str, int], float, bool]]
 ) -> None:
     """Up to 100 children with random codes, signals and lifetimes all get exact statuses."""
+    run_burst(backend, plan)
+
+
+def run_burst(backend: str, plan: list[tuple[tuple[str, int], float, bool]]) -> None:
+    """Start the children of ``plan`` at once and check every status, the owners' too."""
     heard: list[ExitStatus] = []
     lock = threading.Lock()
 

@@ -8,6 +8,10 @@ and ``on_exit`` on this thread, learn of it.
 The engine reaps the pids it was given one by one, and never calls waitpid(-1). When an
 all-scope Reaper is installed, the same thread also runs its sweep (zombiereaper._orphans),
 which finds the other zombie children through /proc and leaves owned ones alone.
+
+Past :attr:`Engine.relay_above` pidfds, the engine lends the oldest to the relay
+(zombiereaper._relay), a helper process, so that forks in this process stop paying for
+thousands of descriptors; the relay hands each one back when its child exits.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from . import _sighandler
+from . import _relay, _sighandler
+from ._backends.pidfd import PidfdNotifier
 from ._errors import ReaperError
 from ._orphans import Ownership
 from ._owners import Running
@@ -52,9 +57,19 @@ _FIRST_QUIET_PERIOD: Final = 0.001
 
 _EPOLL_MAX_EVENTS: Final = 256
 
+#: After this many relays died or could not start, the engine keeps its pidfds itself.
+_RELAY_ATTEMPTS: Final = 3
+
 
 class Engine:
     """The reaping thread and what it watches; use :func:`acquire` and :func:`release`."""
+
+    #: Holding more pidfds than this, the engine lends the oldest to the relay, down to
+    #: :attr:`relay_keep`. Forks copy the descriptor table: a few hundred entries cost
+    #: little, thousands double the cost of a Popen (see docs/performance.md).
+    relay_above: int = 256
+    #: How many pidfds (the youngest) stay in this process after a lending round.
+    relay_keep: int = 128
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -66,6 +81,14 @@ class Engine:
         self._swept: set[Child] = set()
         #: pid -> Child for every child watched: the all-scope sweep leaves these alone.
         self._by_pid: dict[int, Child] = {}
+        #: token -> Child whose pidfd the relay holds (see zombiereaper._relay).
+        self._lent: dict[int, Child] = {}
+        self._tokens = itertools.count(1)
+        self._relay: _relay.Relay | None = None
+        self._relay_attempts = 0
+        #: The relay ran out of descriptors once: lend it nothing more.
+        self._relay_full = False
+        self._lending_asked = False
         self._all_scope: AllScope | None = None
         self._all_deadline: float | None = None
         #: spawn() calls between their fork and the registration of the child's pid: until
@@ -110,14 +133,20 @@ class Engine:
             return
         fd = notifier.fileno
         with self._lock:
-            if fd is not None and self._epoll is not None:
+            if fd is None or self._epoll is None:
+                self._swept.add(child)
+                self._update_sigchld_need()
+                lend = None
+            else:
                 self._by_fd[fd] = child
                 self._epoll.register(fd, select.EPOLLIN)
-                return
-            self._swept.add(child)
-            self._update_sigchld_need()
-        # A SIGCHLD that came before the child was in the swept set woke nobody for it.
-        _sighandler.wake()
+                lend = len(self._by_fd) > self.relay_above and not self._lending_asked
+                self._lending_asked |= lend
+        if lend is None:
+            # A SIGCHLD that came before the child was in the swept set woke nobody for it.
+            _sighandler.wake()
+        elif lend:
+            self.call_soon(self._lend_oldest)
 
     def call_soon(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` on the reaping thread."""
@@ -167,8 +196,10 @@ class Engine:
 
     def _ownership(self) -> Ownership:
         with self._lock:
+            relay = self._relay
+            owned = frozenset(self._by_pid)
             return Ownership(
-                owned=frozenset(self._by_pid),
+                owned=owned if relay is None else owned | {relay.pid},
                 our_pidfds=frozenset(self._by_fd),
                 spawning=self._spawning,
                 spawns=self._spawns,
@@ -240,6 +271,9 @@ class Engine:
         with self._lock:
             if fd is not None and self._by_fd.pop(fd, None) is not None and self._epoll is not None:
                 self._epoll.unregister(fd)
+            if isinstance(notifier, PidfdNotifier) and notifier.lent_as is not None:
+                # The relay hands the pidfd back when the child exits; nobody will take it.
+                self._lent.pop(notifier.lent_as, None)
             self._swept.discard(child)
             self._update_sigchld_need()
         notifier.close()
@@ -307,15 +341,143 @@ class Engine:
         else:
             readable, _, _ = select.select([self._wake_read], [], [], timeout)
             fds = list(readable)
+        relay = self._relay
         for fd in fds:
             if fd == self._wake_read:
                 _sighandler.drain(fd)
                 woken = True
                 continue
+            if relay is not None and fd == relay.fileno():
+                ready.extend(self._hear_from_relay(relay))
+                continue
             child = self._by_fd.get(fd)
             if child is not None:
                 ready.append(child)
         return woken, ready
+
+    # --- the relay: pidfds held in a helper process ------------------------------------------
+
+    def _lend_oldest(self) -> None:
+        """Lend the oldest pidfds to the relay, down to relay_keep (on the reaping thread)."""
+        self._lending_asked = False
+        with self._lock:
+            excess = len(self._by_fd) - self.relay_keep
+            if excess <= 0 or len(self._by_fd) <= self.relay_above:
+                return
+            # Dicts keep insertion order: the first entries are the children watched longest.
+            oldest = list(itertools.islice(self._by_fd.items(), excess))
+        relay = self._start_relay()
+        if relay is None or self._relay_full:
+            return
+        lent: list[tuple[int, int]] = []
+        for fd, child in oldest:
+            with child._lock:
+                notifier = child._owner.notifier
+                # Only pidfds of ours: a forkserver worker's sentinel belongs to its Process.
+                if child._settled or not isinstance(notifier, PidfdNotifier):
+                    continue
+                with self._lock:
+                    if self._by_fd.get(fd) is not child or self._epoll is None:
+                        continue
+                    del self._by_fd[fd]
+                    self._epoll.unregister(fd)
+                    token = next(self._tokens)
+                    self._lent[token] = child
+                    notifier.lend(token)
+            lent.append((token, fd))
+        sent = relay.lend(lent)
+        for _, fd in lent[:sent]:
+            os.close(fd)  # the relay has its own copy now
+        for token, fd in lent[sent:]:
+            self._take_back(token, fd)
+
+    def _start_relay(self) -> _relay.Relay | None:
+        if self._relay is not None or self._epoll is None:
+            return self._relay
+        if self._relay_attempts >= _RELAY_ATTEMPTS or not _relay.is_available():
+            return None
+        self._relay_attempts += 1
+        try:
+            with self.spawning():
+                relay = _relay.Relay.start()
+                with self._lock:
+                    self._relay = relay
+        except OSError as err:
+            logger.warning(
+                "zombiereaper could not start its relay (%s); its pidfds stay in this process",
+                err,
+            )
+            return None
+        self._epoll.register(relay.fileno(), select.EPOLLIN)
+        return relay
+
+    def _hear_from_relay(self, relay: _relay.Relay) -> list[Child]:
+        """Take back the pidfds of children that exited; returns those children."""
+        returned, alive = relay.receive()
+        exited = []
+        for token, fd in returned:
+            child = self._take_back(token, fd)
+            if child is not None and fd is not None:
+                exited.append(child)
+        lost = sum(fd is None for _, fd in returned)
+        if lost and alive:
+            self._relay_full = True
+            logger.warning(
+                "zombiereaper's relay or this process ran out of descriptors; %d children "
+                "are watched by pid, and no more pidfds are lent",
+                lost,
+            )
+        if not alive:
+            self._relay_died(relay)
+        return exited
+
+    def _take_back(self, token: int, fd: int | None) -> Child | None:
+        """Watch a lent child here again: by its pidfd, or by pid when ``fd`` is None."""
+        with self._lock:
+            child = self._lent.get(token)
+        if child is None:
+            # Settled while away (someone asked before the relay answered).
+            if fd is not None:
+                os.close(fd)
+            return None
+        with child._lock:
+            notifier = child._owner.notifier
+            with self._lock:
+                if self._lent.get(token) is not child or not isinstance(notifier, PidfdNotifier):
+                    if fd is not None:
+                        os.close(fd)
+                    return None
+                del self._lent[token]
+                if fd is None or self._epoll is None:
+                    notifier.lose()
+                    self._swept.add(child)
+                    self._update_sigchld_need()
+                else:
+                    notifier.take_back(fd)
+                    self._by_fd[fd] = child
+                    self._epoll.register(fd, select.EPOLLIN)
+        if fd is None:
+            _sighandler.wake()  # a sweep soon: it may have exited already
+        return child
+
+    def _relay_died(self, relay: _relay.Relay) -> None:
+        """The relay is gone with the pidfds it held: watch those children by pid."""
+        with self._lock:
+            self._relay = None
+            tokens = list(self._lent)
+        if self._epoll is not None:
+            self._epoll.unregister(relay.fileno())
+        code = relay.close()
+        logger.warning(
+            "zombiereaper's relay (pid %d) exited with %s; watching its %d children by pid",
+            relay.pid,
+            code,
+            len(tokens),
+        )
+        for token in tokens:
+            self._take_back(token, None)
+
+    # --- sweeping ------------------------------------------------------------------------------
 
     def _sweep(self) -> int:
         self.sweeps += 1
@@ -351,6 +513,9 @@ class Engine:
         # callback; either way the thread closes its epoll descriptor on the way out.
 
     def _close(self) -> None:
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.close()
         if self._epoll is not None:
             self._epoll.close()
 
@@ -363,6 +528,9 @@ class Engine:
                     notifier.close()
                 except OSError:
                     pass
+        if self._relay is not None:
+            self._relay.abandon()
+            self._relay = None
         try:
             self._close()
         except OSError:

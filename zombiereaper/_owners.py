@@ -122,7 +122,9 @@ class PopenOwner:
         """Read the exit, then reap it through Popen's own locking."""
         popen = self.popen
         notifier = self.notifier
-        if notifier is None:
+        if notifier is None or popen.returncode is not None:
+            # Reaped by its Popen already: a peek by pid (no pidfd at hand) could otherwise
+            # land on another child that was given the pid since.
             return _status_from_popen(popen)
         if not notifier.can_peek:
             returncode = popen.poll()
@@ -233,6 +235,8 @@ class ProcessOwner:
         return self._read_own_child(notifier)
 
     def _read_own_child(self, notifier: ChildNotifier) -> Outcome:
+        if self._returncode() is not None:
+            return self._status_from_process()  # joined already: its pid may be reused
         try:
             raw = notifier.peek()
         except ChildProcessError:

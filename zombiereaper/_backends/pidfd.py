@@ -47,13 +47,20 @@ def is_available() -> bool:
 
 
 class PidfdNotifier:
-    """Watches one child through its pidfd."""
+    """Watches one child through its pidfd.
 
-    __slots__ = ("_fd", "_pid")
+    The engine may lend the pidfd to the relay (zombiereaper._relay) and take it back once
+    the child has exited. While it is away, :attr:`fileno` is None and the child is read,
+    reaped and signalled by pid, as the sigchld backend does; the callers' rules (the reap
+    lock, the owner's own lock) are what keep the pid this child's meanwhile.
+    """
+
+    __slots__ = ("_fd", "_lent_as", "_pid")
 
     def __init__(self, pid: int, fd: int) -> None:
         self._pid = pid
         self._fd = fd
+        self._lent_as: int | None = None
 
     @property
     def pid(self) -> int:
@@ -62,8 +69,26 @@ class PidfdNotifier:
 
     @property
     def fileno(self) -> int | None:
-        """The pidfd: readable once the child has exited."""
-        return self._fd
+        """The pidfd, readable once the child has exited; None while it is away."""
+        return self._fd if self._fd >= 0 else None
+
+    @property
+    def lent_as(self) -> int | None:
+        """The engine's token for the pidfd while the relay holds it."""
+        return self._lent_as
+
+    def lend(self, token: int) -> int:
+        """Give up the pidfd (to be sent to the relay): return it; the caller now owns it."""
+        fd, self._fd, self._lent_as = self._fd, -1, token
+        return fd
+
+    def take_back(self, fd: int) -> None:
+        """Own the pidfd again, as the relay returned it (the same process, another number)."""
+        self._fd, self._lent_as = fd, None
+
+    def lose(self) -> None:
+        """The lent pidfd is gone for good (the relay died or refused it): go on by pid."""
+        self._lent_as = None
 
     @property
     def can_peek(self) -> bool:
@@ -72,25 +97,34 @@ class PidfdNotifier:
 
     def peek(self) -> int | None:
         """The child's raw wait status if it has exited, leaving it to be reaped."""
+        if self._fd < 0:
+            return _wait(self._pid, _PEEK_FLAGS, os.P_PID)
         return _wait(self._fd, _PEEK_FLAGS)
 
     def reap(self) -> int | None:
         """Reap the child if it has exited."""
+        if self._fd < 0:
+            return _wait(self._pid, os.WEXITED | os.WNOHANG, os.P_PID)
         return _wait(self._fd, os.WEXITED | os.WNOHANG)
 
     def send_signal(self, sig: int) -> None:
-        """Signal exactly this child, even if its pid has been given to another process."""
+        """Signal exactly this child through its pidfd (by pid while the pidfd is away)."""
+        if self._fd < 0:
+            os.kill(self._pid, sig)
+            return
         signal.pidfd_send_signal(self._fd, sig)
 
     def close(self) -> None:
-        """Close the pidfd."""
+        """Close the pidfd (one that is away is the engine's to forget)."""
+        self._lent_as = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
 
-def _wait(fd: int, options: int) -> int | None:
-    result = os.waitid(os.P_PIDFD, fd, options)
+def _wait(ident: int, options: int, idtype: int | None = None) -> int | None:
+    """Wait on a pidfd, or on a pid with ``idtype=os.P_PID``; return the raw status."""
+    result = os.waitid(os.P_PIDFD if idtype is None else idtype, ident, options)
     if result is None:
         return None
     return wait_status_from_waitid(result.si_code, result.si_status)

@@ -1,0 +1,337 @@
+"""The relay: pidfds of long-lived children held in a helper process, every status still exact.
+
+The engine's thresholds are lowered here (lend past 4 pidfds, keep 2) so that a handful of
+children exercises what thousands would in production.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+from hypothesis import given
+
+from zombiereaper import Child, Reaper, _engine, _relay
+
+from .helpers import (
+    FORK_IN_THREADED_PROCESS,
+    HAS_PIDFD,
+    eventually,
+    is_zombie_or_gone,
+    pid_alive,
+    pidfds_open,
+    sh,
+    zombie_children,
+)
+from .strategies import children_plans
+from .test_stress import STRESS, run_burst
+
+pytestmark = pytest.mark.skipif(not HAS_PIDFD, reason="the relay holds pidfds")
+
+ABOVE = 4
+KEEP = 2
+
+
+@pytest.fixture(autouse=True)
+def lend_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lend past ABOVE pidfds, down to KEEP."""
+    monkeypatch.setattr(_engine.Engine, "relay_above", ABOVE)
+    monkeypatch.setattr(_engine.Engine, "relay_keep", KEEP)
+
+
+def _engine_now() -> _engine.Engine:
+    engine = _engine.current()
+    assert engine is not None
+    return engine
+
+
+def _relay_pid() -> int:
+    relay = _engine_now()._relay
+    assert relay is not None, "no relay running"
+    return relay.pid
+
+
+def _lent() -> int:
+    return len(_engine_now()._lent)
+
+
+def _pidfds_held_by(pid: int) -> int:
+    count = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}") == "anon_inode:[pidfd]":
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def _waiting(reaper: Reaper, code: int) -> Child:
+    """A child that exits with ``code`` once its stdin closes."""
+    return reaper.spawn(sh(f"read line; exit {code}"), stdin=subprocess.PIPE)
+
+
+def _release(child: Child) -> None:
+    stdin = child.popen.stdin
+    assert stdin is not None
+    stdin.close()
+
+
+@pytest.fixture
+def reaper() -> Iterator[Reaper]:
+    with Reaper(backend="pidfd") as reaper:
+        yield reaper
+
+
+def test_oldest_pidfds_go_to_the_relay_and_come_back_when_their_children_exit(
+    reaper: Reaper,
+) -> None:
+    """Past the threshold the oldest pidfds leave this process; every exit is still exact."""
+    children = [_waiting(reaper, code) for code in range(30)]
+    eventually(lambda: _lent() >= 30 - ABOVE, what="the oldest pidfds to be lent")
+    relay = psutil.Process(_relay_pid())
+    assert relay.ppid() == os.getpid()
+    assert relay.cmdline()[-2].endswith("_relay.py")
+    assert pidfds_open() <= ABOVE
+    assert _pidfds_held_by(relay.pid) == _lent()
+    # The oldest went: the youngest are the ones still watched here.
+    lent_pids = {child.pid for child in _engine_now()._lent.values()}
+    assert lent_pids == {child.pid for child in children[: len(lent_pids)]}
+
+    for child in reversed(children):
+        _release(child)
+    assert [child.wait(10).returncode for child in children] == list(range(30))
+    assert _lent() == 0
+    eventually(lambda: pidfds_open() == 0, what="the returned pidfds to be closed")
+    assert _pidfds_held_by(relay.pid) == 0
+    assert not zombie_children()
+
+
+def test_a_lent_child_is_read_at_once_even_when_the_relay_is_slow(reaper: Reaper) -> None:
+    """poll() and reap() find a lent child's exit by pid without waiting for the relay."""
+    children = [_waiting(reaper, 40 + n) for n in range(8)]
+    eventually(lambda: _lent() >= 8 - ABOVE, what="pidfds to be lent")
+    oldest = children[0]
+    relay_pid = _relay_pid()
+    os.kill(relay_pid, signal.SIGSTOP)  # the relay can tell nobody anything now
+    try:
+        _release(oldest)
+        eventually(lambda: is_zombie_or_gone(oldest.pid), what="the lent child to exit")
+        status = oldest.poll()
+        assert status is not None and status.returncode == 40
+        _release(children[1])
+        eventually(lambda: is_zombie_or_gone(children[1].pid), what="another lent child to exit")
+        assert [s.pid for s in reaper.reap()] == [children[1].pid]
+    finally:
+        os.kill(relay_pid, signal.SIGCONT)
+    # The relay now hands back pidfds for children already settled: they are closed.
+    for child in children[2:]:
+        _release(child)
+    assert [child.wait(10).returncode for child in children] == [40 + n for n in range(8)]
+    eventually(lambda: pidfds_open() == 0, what="every pidfd to be closed")
+
+
+def test_signals_reach_a_lent_child_without_the_relay(reaper: Reaper) -> None:
+    """terminate(), kill() and send_signal() work while the pidfd is away, relay stopped."""
+    children = [_waiting(reaper, 0) for _ in range(8)]
+    eventually(lambda: _lent() >= 8 - ABOVE, what="pidfds to be lent")
+    lent = list(_engine_now()._lent.values())[:3]
+    relay_pid = _relay_pid()
+    os.kill(relay_pid, signal.SIGSTOP)
+    try:
+        lent[0].terminate()
+        lent[1].kill()
+        lent[2].send_signal(signal.SIGUSR1)
+        for child in lent:
+            eventually(lambda child=child: is_zombie_or_gone(child.pid), what="a signalled exit")
+    finally:
+        os.kill(relay_pid, signal.SIGCONT)
+    assert [child.wait(10).signal for child in lent] == [
+        signal.SIGTERM,
+        signal.SIGKILL,
+        signal.SIGUSR1,
+    ]
+    for child in children:
+        _release(child)
+    assert all(child.wait(10).returncode == 0 for child in children if child not in lent)
+
+
+def test_owners_waiting_on_lent_children_keep_their_codes(reaper: Reaper) -> None:
+    """popen.wait() and Process.join() on lent children still get the real codes."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    popens = [
+        subprocess.Popen(sh(f"read line; exit {20 + n}"), stdin=subprocess.PIPE) for n in range(6)
+    ]
+    children = [reaper.watch(popen) for popen in popens]
+    process = context.Process(target=sys.exit, args=(33,))
+    process.start()
+    worker = reaper.watch(process)
+    eventually(lambda: _lent() >= 7 - ABOVE, what="pidfds to be lent")
+    codes: dict[int, int] = {}
+
+    def owner() -> None:
+        for popen in popens:
+            codes[popen.pid] = popen.wait(10)
+
+    thread = threading.Thread(target=owner)
+    thread.start()
+    for popen in popens:
+        assert popen.stdin is not None
+        popen.stdin.close()
+    process.join(10)
+    thread.join(10)
+    assert [codes[popen.pid] for popen in popens] == [20 + n for n in range(6)]
+    assert [child.wait(10).returncode for child in children] == [20 + n for n in range(6)]
+    assert process.exitcode == 33
+    assert worker.wait(10).returncode == 33
+
+
+def test_a_dead_relay_loses_nothing(reaper: Reaper, caplog: pytest.LogCaptureFixture) -> None:
+    """SIGKILL the relay: it is reaped, its children are watched by pid, a new one takes over."""
+    children = [_waiting(reaper, 60 + n) for n in range(10)]
+    eventually(lambda: _lent() >= 10 - ABOVE, what="pidfds to be lent")
+    first = _relay_pid()
+    with caplog.at_level(logging.WARNING, logger="zombiereaper"):
+        os.kill(first, signal.SIGKILL)
+        eventually(lambda: _engine_now()._relay is None, what="the engine to notice")
+    assert f"relay (pid {first}) exited with -9" in caplog.text
+    assert _lent() == 0
+    eventually(lambda: not pid_alive(first) and first not in {p.pid for p in zombie_children()})
+    # Children started now are lent to a second relay.
+    later = [_waiting(reaper, 70 + n) for n in range(10)]
+    eventually(lambda: _engine_now()._relay is not None and _lent() > 0, what="a new relay")
+    assert _relay_pid() != first
+    for child in children + later:
+        _release(child)
+    assert [child.wait(10).returncode for child in children] == [60 + n for n in range(10)]
+    assert [child.wait(10).returncode for child in later] == [70 + n for n in range(10)]
+
+
+def test_the_relay_exits_with_the_last_reaper() -> None:
+    """Uninstalling the last Reaper closes the relay's socket and reaps it."""
+    with Reaper(backend="pidfd") as reaper:
+        children = [_waiting(reaper, 0) for _ in range(8)]
+        eventually(lambda: _lent() > 0, what="pidfds to be lent")
+        relay = _relay_pid()
+        for child in children:
+            _release(child)
+        for child in children:
+            child.wait(10)
+    assert not pid_alive(relay)
+    assert relay not in {proc.pid for proc in psutil.Process().children()}
+
+
+def test_without_a_relay_the_pidfds_stay_here(
+    reaper: Reaper, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A relay that cannot start costs a warning; the pidfds stay and every status arrives."""
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with caplog.at_level(logging.WARNING, logger="zombiereaper"):
+        children = [_waiting(reaper, n) for n in range(12)]
+        eventually(lambda: "could not start its relay" in caplog.text, what="the warning")
+    assert _engine_now()._relay is None
+    assert pidfds_open() == 12
+    for child in children:
+        _release(child)
+    assert [child.wait(10).returncode for child in children] == list(range(12))
+
+
+def test_the_all_scope_leaves_the_relay_alone() -> None:
+    """An all-scope sweep, grace or not, never reaps the relay."""
+    with Reaper(backend="pidfd", scope="all", grace=0) as reaper:
+        children = [_waiting(reaper, 0) for _ in range(8)]
+        eventually(lambda: _lent() > 0, what="pidfds to be lent")
+        relay = _relay_pid()
+        reaper.reap()
+        _engine_now().sweep_all_scope(skip_grace=True)
+        assert pid_alive(relay)
+        assert reaper.status(relay) is None
+        for child in children:
+            _release(child)
+        assert all(child.wait(10).returncode == 0 for child in children)
+
+
+@pytest.mark.filterwarnings(FORK_IN_THREADED_PROCESS)
+def test_a_forked_child_drops_the_relay_and_starts_its_own(reaper: Reaper) -> None:
+    """After os.fork() the child has no copy of the relay socket and lends to a relay of its own."""
+    children = [_waiting(reaper, 0) for _ in range(8)]
+    eventually(lambda: _lent() > 0, what="pidfds to be lent")
+    relay = _engine_now()._relay
+    assert relay is not None
+    socket_fd = relay.fileno()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked child, reports through the pipe
+        report: dict[str, Any] = {}
+        try:
+            os.close(read_end)
+            try:
+                report["socket"] = os.readlink(f"/proc/self/fd/{socket_fd}")
+            except OSError:
+                report["socket"] = None
+            with Reaper(backend="pidfd") as own:
+                mine = [_waiting(own, 5) for _ in range(8)]
+                eventually(lambda: _lent() > 0, what="pidfds to be lent in the child")
+                report["relay_parent"] = psutil.Process(_relay_pid()).ppid()
+                for child in mine:
+                    _release(child)
+                report["codes"] = [child.wait(10).returncode for child in mine]
+        except BaseException as err:
+            report["error"] = repr(err)
+        os.write(write_end, json.dumps(report).encode())
+        os._exit(0)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    _, raw = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(raw) == 0
+    report = json.loads(b"".join(chunks))
+    assert report == {"socket": None, "relay_parent": pid, "codes": [5] * 8}
+    # The parent's relay still serves the parent.
+    assert _engine_now()._relay is relay
+    for child in children:
+        _release(child)
+    assert all(child.wait(10).returncode == 0 for child in children)
+
+
+def test_a_relay_out_of_descriptors_refuses_and_nothing_is_lost(
+    reaper: Reaper, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pidfds the relay cannot take are watched by pid here; every status still arrives."""
+    import resource
+
+    first = [_waiting(reaper, n) for n in range(ABOVE + 1)]
+    relay = eventually(lambda: _engine_now()._relay, what="the relay to start")
+    # Room for about 8 descriptors beyond what it has open: far fewer than it is sent.
+    resource.prlimit(relay.pid, resource.RLIMIT_NOFILE, (16, 16))
+    with caplog.at_level(logging.WARNING, logger="zombiereaper"):
+        children = first + [_waiting(reaper, n) for n in range(ABOVE + 1, 40)]
+        eventually(lambda: _engine_now()._relay_full, what="the relay to refuse")
+    assert "ran out of descriptors" in caplog.text
+    assert len(_engine_now()._swept) > 0
+    assert _pidfds_held_by(relay.pid) < 16
+    for child in children:
+        _release(child)
+    assert [child.wait(10).returncode for child in children] == list(range(40))
+
+
+@STRESS
+@given(plan=children_plans)
+def test_every_child_of_a_burst_is_reaped_exactly_with_the_relay(
+    plan: list[tuple[tuple[str, int], float, bool]],
+) -> None:
+    """The stress burst again, with most pidfds lent while their children live and die."""
+    run_burst("pidfd", plan)
