@@ -20,7 +20,7 @@ import psutil
 import pytest
 from hypothesis import given
 
-from zombiereaper import Child, Reaper, _engine, _relay
+from zombiereaper import Child, Reaper, _engine
 
 from .helpers import (
     FORK_IN_THREADED_PROCESS,
