@@ -5,6 +5,8 @@ from __future__ import annotations
 import psutil
 import pytest
 
+from .helpers import HAS_PIDFD
+
 LEAKY_TEST = """
 import subprocess, time
 import psutil
@@ -205,3 +207,40 @@ def test_the_warning_points_at_the_leaking_test(pytester: pytest.Pytester) -> No
     result = _run(pytester)
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines(["*test_leaky.py:*: ChildLeakWarning: *never waited for*"])
+
+
+@pytest.mark.skipif(not HAS_PIDFD, reason="the relay holds pidfds")
+def test_the_relay_started_during_a_test_is_not_a_leak(pytester: pytest.Pytester) -> None:
+    """zombiereaper's own relay, started while a module's Reaper lends pidfds, is no leak."""
+    pytester.makepyfile(
+        """
+        import subprocess, time
+        import pytest
+        from zombiereaper import Reaper, _engine
+
+        _engine.Engine.relay_above = 4
+        _engine.Engine.relay_keep = 2
+
+        @pytest.fixture(scope="module")
+        def reaper():
+            with Reaper(backend="pidfd") as reaper:
+                yield reaper
+
+        def test_many_children(reaper):
+            children = [
+                reaper.spawn(["sh", "-c", "read line; exit 0"], stdin=subprocess.PIPE)
+                for _ in range(10)
+            ]
+            deadline = time.monotonic() + 10
+            while not _engine.current()._lent:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            for child in children:
+                child.popen.stdin.close()
+            assert [child.wait(10).returncode for child in children] == [0] * 10
+
+        def test_after(reaper):
+            assert _engine.current()._relay is not None
+        """
+    )
+    _run(pytester, "--zombies=fail", "-W", "error").assert_outcomes(passed=2)

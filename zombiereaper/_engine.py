@@ -185,6 +185,11 @@ class Engine:
         child._finish()
         return True
 
+    def helper_pids(self) -> frozenset[int]:
+        """Pids of the engine's own helper processes (the relay), which it reaps itself."""
+        relay = self._relay
+        return frozenset() if relay is None else frozenset({relay.pid})
+
     def owned_child(self, pid: int) -> Child | None:
         """The live Child that an installed Reaper owns for ``pid``, if any."""
         with self._lock:
@@ -196,10 +201,8 @@ class Engine:
 
     def _ownership(self) -> Ownership:
         with self._lock:
-            relay = self._relay
-            owned = frozenset(self._by_pid)
             return Ownership(
-                owned=owned if relay is None else owned | {relay.pid},
+                owned=frozenset(self._by_pid) | self.helper_pids(),
                 our_pidfds=frozenset(self._by_fd),
                 spawning=self._spawning,
                 spawns=self._spawns,

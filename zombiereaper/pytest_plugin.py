@@ -7,7 +7,8 @@ reported: zombies (nobody waited for them) and processes still running. ``--zomb
 (the default) warns with :class:`~zombiereaper.ChildLeakWarning`, ``--zombies=fail`` makes the
 test error at teardown, ``--zombies=off`` skips the check; the ``zombies`` ini option sets the
 same. multiprocessing's fork server and resource tracker live for the whole run by design and
-are not leaks.
+are not leaks, and neither is zombiereaper's own relay (started while an installed Reaper
+watches hundreds of children).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Final, Literal, cast
 import psutil
 import pytest
 
+from . import _engine
 from ._errors import ChildLeakWarning
 from ._reaper import Reaper
 
@@ -122,9 +124,11 @@ def _leftovers(
     before_setup: frozenset[tuple[int, float]], before_call: frozenset[tuple[int, float]] | None
 ) -> list[psutil.Process]:
     found = []
+    engine = _engine.current()
+    ours = frozenset() if engine is None else engine.helper_pids()
     for proc in _children():
         key = _key(proc)
-        if key is None or key in before_setup or _is_long_lived_helper(proc):
+        if key is None or key in before_setup or proc.pid in ours or _is_long_lived_helper(proc):
             continue
         try:
             zombie = proc.status() == psutil.STATUS_ZOMBIE

@@ -17,7 +17,8 @@ watches every one of them):
 - **scaling**, with no idle child, with 4,000, and with none again after the pool is gone:
   batches of ``/bin/true`` children started and waited for as in the throughput benchmark
   (at most ``window`` alive). Cost per reaped child is the batch's wall time / its size; the
-  process's CPU time and the reaping thread's (from its schedstat) per child come beside it.
+  process's CPU time (with the relay's, if zombiereaper started one) and the reaping thread's
+  (from its schedstat) per child come beside it.
 
 A reference pass runs the same scaling batches with bare ``Popen`` + ``wait`` and no Reaper:
 once with 4,000 idle children started by ``Popen``, and once with a pidfd held open on each of
@@ -51,8 +52,10 @@ from .common import (
     median,
     now_ns,
     percentile,
+    pidfds_open,
     probe_scopes,
     reaping_thread_id,
+    relay_cpu_ns,
     rotated,
     run_window,
     thread_cpu_ns,
@@ -120,7 +123,7 @@ def _measure_latency(reaper: Reaper, clock: ExitClock) -> float | None:
     return None if recorded is None else (recorded - sent) / 1e9
 
 
-Batch = dict[str, float | None]
+Batch = dict[str, float | int | None]
 Samples = dict[int, list[float | None]]
 
 
@@ -132,20 +135,29 @@ def _measure_batch(reaper: Reaper | None, config: Config) -> Batch:
     """One scaling batch (bare Popen + wait without a Reaper): costs per child, in seconds."""
     n = config.scaling_batch
     tid = reaping_thread_id()
+    pidfds = pidfds_open()
     thread_before = thread_cpu_ns(tid) if tid is not None else None
+    relay_before = relay_cpu_ns()
     cpu_before = time.process_time()
     if reaper is None:
         wall = run_window(_popen_true, lambda popen: popen.wait(), n, config.window)
     else:
         wall = run_window(lambda: reaper.spawn(TRUE_ARGS), lambda c: c.wait(), n, config.window)
     cpu = time.process_time() - cpu_before
+    relay = (relay_cpu_ns() - relay_before) / 1e9
     thread_after = thread_cpu_ns(tid) if tid is not None else None
     thread = (
         None
         if thread_before is None or thread_after is None
         else (thread_after - thread_before) / 1e9 / n
     )
-    return {"wall": wall / n, "process_cpu": cpu / n, "reaper_thread_cpu": thread}
+    return {
+        "wall": wall / n,
+        "process_cpu": (cpu + relay) / n,
+        "reaper_thread_cpu": thread,
+        "relay_cpu": relay / n,
+        "pidfds_open": pidfds,
+    }
 
 
 def _run_pass(

@@ -183,8 +183,8 @@ def _render_scaling(data: dict[str, Any]) -> list[str]:
         f"3. Scaling: cost per spawned and reaped child (us) with 0 and {idle} idle children "
         f"alive (batches of {data['batch']:,} /bin/true, at most {data['window']} alive)",
         _table(headers, rows),
-        "wall = elapsed time per child; CPU = this process's CPU time per child (all threads); "
-        "reaper CPU = the reaping thread's alone.",
+        "wall = elapsed time per child; CPU = this process's CPU time per child (all threads, "
+        "plus zombiereaper's relay process); reaper CPU = the reaping thread's alone.",
     ]
     lines += [
         f"scope {scope!r} not measured: this version of zombiereaper has no such scope ({why})."
