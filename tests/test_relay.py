@@ -236,6 +236,39 @@ def test_the_relay_exits_with_the_last_reaper() -> None:
     assert relay not in {proc.pid for proc in psutil.Process().children()}
 
 
+def test_the_relay_starts_with_no_signal_blocked() -> None:
+    """The relay does not keep the reaping thread's blocked signals: SIGTERM still stops it."""
+    blocked = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        # The reaping thread starts now, with this thread's mask.
+        with Reaper(backend="pidfd") as reaper:
+            children = [_waiting(reaper, 0) for _ in range(8)]
+            eventually(lambda: _lent() > 0, what="pidfds to be lent")
+            relay = _relay_pid()
+            reaping_thread = _engine_now().thread.native_id
+            with open(f"/proc/self/task/{reaping_thread}/status", encoding="ascii") as file:
+                assert int(_field(file.read(), "SigBlk"), 16) & (1 << (signal.SIGTERM - 1))
+
+            def relay_blocks_nothing() -> bool:
+                with open(f"/proc/{relay}/status", encoding="ascii") as file:
+                    return int(_field(file.read(), "SigBlk"), 16) == 0
+
+            eventually(relay_blocks_nothing, what="the relay to clear its mask")
+            for child in children:
+                _release(child)
+            assert all(child.wait(10).returncode == 0 for child in children)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _field(status: str, name: str) -> str:
+    for line in status.splitlines():
+        if line.startswith(name + ":"):
+            return line.split()[1]
+    raise AssertionError(f"no {name} in /proc status")
+
+
 def test_without_a_relay_the_pidfds_stay_here(
     reaper: Reaper, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

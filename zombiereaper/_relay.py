@@ -30,6 +30,7 @@ import array
 import os
 import resource
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -211,7 +212,18 @@ class Relay:
 def main(argv: list[str]) -> int:
     """Run the relay on the socket descriptor given in ``argv[1]`` until it closes."""
     ctl = socket.socket(fileno=int(argv[1]))
+    # Started from the reaping thread, it inherits that thread's signal mask: a relay that
+    # cannot be stopped by SIGTERM would surprise whoever tries.
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
     _raise_descriptor_limit()
+    try:
+        _relay(ctl)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the engine closed its end while we were answering: nobody is left to tell
+    return 0
+
+
+def _relay(ctl: socket.socket) -> None:
     epoll = select.epoll()
     epoll.register(ctl.fileno(), select.EPOLLIN)
     held: dict[int, int] = {}
@@ -220,7 +232,7 @@ def main(argv: list[str]) -> int:
         for fd, _ in epoll.poll():
             if fd == ctl.fileno():
                 if not _take(ctl, epoll, held):
-                    return 0
+                    return
                 continue
             token = held.pop(fd, None)
             if token is not None:
