@@ -20,7 +20,7 @@ import psutil
 import pytest
 from hypothesis import given
 
-from zombiereaper import Child, Reaper, _engine
+from zombiereaper import Child, Reaper, _engine, _relay
 
 from .helpers import (
     FORK_IN_THREADED_PROCESS,
@@ -84,6 +84,39 @@ def _release(child: Child) -> None:
     stdin = child.popen.stdin
     assert stdin is not None
     stdin.close()
+
+
+def test_the_relay_returns_a_pidfd_when_its_child_exits_and_exits_on_eof() -> None:
+    """The protocol alone: lend, exit, the same process's pidfd back (close-on-exec), EOF."""
+    import select
+
+    relay = _relay.Relay.start()
+    popen = subprocess.Popen(sh("read line; exit 9"), stdin=subprocess.PIPE)
+    try:
+        fd = os.pidfd_open(popen.pid)
+        assert relay.lend([(77, fd)]) == 1
+        os.close(fd)
+        assert popen.stdin is not None
+        popen.stdin.close()
+        ready, _, _ = select.select([relay.fileno()], [], [], 10)
+        assert ready, "the relay said nothing within 10 s"
+        returned, alive = relay.receive()
+        assert alive
+        [(token, back)] = returned
+        assert token == 77 and back is not None
+        try:
+            assert not os.get_inheritable(back)
+            # It names the same child: waitid through it reads (and here reaps) exit code 9.
+            result = os.waitid(os.P_PIDFD, back, os.WEXITED)
+            assert result is not None and (result.si_pid, result.si_status) == (popen.pid, 9)
+        finally:
+            os.close(back)
+        popen.returncode = 9  # reaped above, through the pidfd
+    finally:
+        if popen.returncode is None:
+            popen.kill()
+            popen.wait()
+        assert relay.close() == 0
 
 
 @pytest.fixture

@@ -405,7 +405,7 @@ class Engine:
                 relay = _relay.Relay.start()
                 with self._lock:
                     self._relay = relay
-        except OSError as err:
+        except Exception as err:  # whatever failed, the pidfds just stay here
             logger.warning(
                 "zombiereaper could not start its relay (%s); its pidfds stay in this process",
                 err,

@@ -67,12 +67,16 @@ def _unpack(message: bytes) -> tuple[bytes, list[int]]:
     return message[:1], tokens.tolist()
 
 
-def _recv_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
-    """One message and its descriptors, without blocking (BlockingIOError when none).
+# Not socket.send_fds() and socket.recv_fds(): they drop their ``flags`` (CPython 3.11 to
+# 3.13), and MSG_DONTWAIT and MSG_CMSG_CLOEXEC matter here.
 
-    Not socket.recv_fds(), which drops its ``flags`` (CPython 3.11 to 3.13): MSG_DONTWAIT
-    and MSG_CMSG_CLOEXEC matter here.
-    """
+
+def _send_fds(sock: socket.socket, message: bytes, fds: list[int], flags: int = 0) -> None:
+    sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], flags)
+
+
+def _recv_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One message and its descriptors, without blocking (BlockingIOError when none)."""
     message, ancillary, _, _ = sock.recvmsg(_MESSAGE_SIZE, _ANCILLARY_SIZE, _RECV_FLAGS)
     fds = array.array("i")
     for level, kind, data in ancillary:
@@ -150,7 +154,7 @@ class Relay:
             tokens = [token for token, _ in batch]
             fds = [fd for _, fd in batch]
             try:
-                socket.send_fds(self._sock, [_pack(LEND, tokens)], fds, socket.MSG_DONTWAIT)
+                _send_fds(self._sock, _pack(LEND, tokens), fds, socket.MSG_DONTWAIT)
             except OSError:
                 # Full (the relay is behind), or gone: what was not sent stays with us.
                 break
@@ -240,7 +244,7 @@ def _relay(ctl: socket.socket) -> None:
                 exited.append((token, fd))
         for batch in _batches(exited):
             tokens = [token for token, _ in batch]
-            socket.send_fds(ctl, [_pack(EXITED, tokens)], [fd for _, fd in batch])
+            _send_fds(ctl, _pack(EXITED, tokens), [fd for _, fd in batch])
             for _, fd in batch:
                 os.close(fd)
 
