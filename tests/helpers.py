@@ -117,16 +117,27 @@ def read_line(stream: object, timeout: float = 10.0) -> str:
     return line.decode()
 
 
-def pidfds_open() -> int:
-    """How many pidfds this process holds."""
+def pidfds_open(pid: int | str = "self") -> int:
+    """How many pidfds process ``pid`` (this one by default) holds."""
     count = 0
-    for name in os.listdir("/proc/self/fd"):
+    for name in os.listdir(f"/proc/{pid}/fd"):
         try:
-            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[pidfd]":
+            if os.readlink(f"/proc/{pid}/fd/{name}") == "anon_inode:[pidfd]":
                 count += 1
         except OSError:
             pass
     return count
+
+
+def read_fork_report(read_end: int, pid: int) -> bytes:
+    """What a forked test child wrote to ``read_end`` before exiting 0; reaps the child."""
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    _, raw = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(raw) == 0
+    return b"".join(chunks)
 
 
 def pid_alive(pid: int) -> bool:

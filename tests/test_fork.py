@@ -10,7 +10,7 @@ import pytest
 
 from zombiereaper import NotOurChildError, Reaper, _engine, _sighandler
 
-from .helpers import FORK_IN_THREADED_PROCESS, pidfds_open, sh
+from .helpers import FORK_IN_THREADED_PROCESS, pidfds_open, read_fork_report, sh
 
 
 @pytest.mark.filterwarnings(FORK_IN_THREADED_PROCESS)
@@ -45,13 +45,7 @@ def test_forked_child_starts_clean_and_can_reap_its_own(backend: str) -> None:
             os.write(write_end, report.encode())
             os._exit(0)
         os.close(write_end)
-        chunks = []
-        while chunk := os.read(read_end, 65536):
-            chunks.append(chunk)
-        os.close(read_end)
-        _, raw = os.waitpid(pid, 0)
-        assert b"".join(chunks).decode() == "ok"
-        assert os.waitstatus_to_exitcode(raw) == 0
+        assert read_fork_report(read_end, pid).decode() == "ok"
         # The parent's side is untouched by the fork.
         assert sleeper.running
         sleeper.kill()

@@ -29,6 +29,7 @@ from .helpers import (
     is_zombie_or_gone,
     pid_alive,
     pidfds_open,
+    read_fork_report,
     sh,
     zombie_children,
 )
@@ -62,17 +63,6 @@ def _relay_pid() -> int:
 
 def _lent() -> int:
     return len(_engine_now()._lent)
-
-
-def _pidfds_held_by(pid: int) -> int:
-    count = 0
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{name}") == "anon_inode:[pidfd]":
-                count += 1
-        except OSError:
-            pass
-    return count
 
 
 def _waiting(reaper: Reaper, code: int) -> Child:
@@ -136,7 +126,7 @@ def test_oldest_pidfds_go_to_the_relay_and_come_back_when_their_children_exit(
     assert relay.cmdline()[-2].endswith("_relay.py")
     # The relay takes the pidfds, and the engine closes its copies, just after lending them.
     eventually(lambda: pidfds_open() <= ABOVE, what="the lent pidfds to be closed here")
-    eventually(lambda: _pidfds_held_by(relay.pid) == _lent(), what="the relay to hold them")
+    eventually(lambda: pidfds_open(relay.pid) == _lent(), what="the relay to hold them")
     # The oldest went: the youngest are the ones still watched here.
     lent_pids = {child.pid for child in _engine_now()._lent.values()}
     assert lent_pids == {child.pid for child in children[: len(lent_pids)]}
@@ -146,7 +136,7 @@ def test_oldest_pidfds_go_to_the_relay_and_come_back_when_their_children_exit(
     assert [child.wait(10).returncode for child in children] == list(range(30))
     assert _lent() == 0
     eventually(lambda: pidfds_open() == 0, what="the returned pidfds to be closed")
-    assert _pidfds_held_by(relay.pid) == 0
+    assert pidfds_open(relay.pid) == 0
     assert not zombie_children()
 
 
@@ -362,13 +352,7 @@ def test_a_forked_child_drops_the_relay_and_starts_its_own(reaper: Reaper) -> No
         os.write(write_end, json.dumps(report).encode())
         os._exit(0)
     os.close(write_end)
-    chunks = []
-    while chunk := os.read(read_end, 65536):
-        chunks.append(chunk)
-    os.close(read_end)
-    _, raw = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(raw) == 0
-    report = json.loads(b"".join(chunks))
+    report = json.loads(read_fork_report(read_end, pid))
     assert report == {"socket": None, "relay_parent": pid, "codes": [5] * 8}
     # The parent's relay still serves the parent.
     assert _engine_now()._relay is relay
@@ -392,7 +376,7 @@ def test_a_relay_out_of_descriptors_refuses_and_nothing_is_lost(
         eventually(lambda: "ran out of descriptors" in caplog.text, what="the relay to refuse")
     assert _engine_now()._relay_full
     assert len(_engine_now()._swept) > 0
-    assert _pidfds_held_by(relay.pid) < 16
+    assert pidfds_open(relay.pid) < 16
     for child in children:
         _release(child)
     assert [child.wait(10).returncode for child in children] == list(range(40))
