@@ -13,7 +13,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -77,12 +78,17 @@ def _release(child: Child) -> None:
 
 
 def test_the_relay_returns_a_pidfd_when_its_child_exits_and_exits_on_eof() -> None:
-    """The protocol alone: lend, exit, the same process's pidfd back (close-on-exec), EOF."""
+    """The protocol alone: hello, lend, exit, the same process's pidfd back (close-on-exec)."""
     import select
 
     relay = _relay.Relay.start()
     popen = subprocess.Popen(sh("read line; exit 9"), stdin=subprocess.PIPE)
     try:
+        assert not relay.ready
+        ready, _, _ = select.select([relay.fileno()], [], [], 10)
+        assert ready, "no hello from the relay within 10 s"
+        assert relay.receive() == ([], True)
+        assert relay.ready
         fd = os.pidfd_open(popen.pid)
         assert relay.lend([(77, fd)]) == 1
         os.close(fd)
@@ -229,7 +235,7 @@ def test_a_dead_relay_loses_nothing(reaper: Reaper, caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.WARNING, logger="zombiereaper"):
         os.kill(first, signal.SIGKILL)
         eventually(
-            lambda: f"relay (pid {first}) exited with -9" in caplog.text,
+            lambda: f"relay (pid {first}) exited, exit status -9" in caplog.text,
             what="the engine to notice and say so",
         )
     assert _engine_now()._relay is None
@@ -259,10 +265,11 @@ def test_the_relay_exits_with_the_last_reaper() -> None:
     assert relay not in {proc.pid for proc in psutil.Process().children()}
 
 
-def test_the_relay_starts_with_no_signal_blocked() -> None:
-    """The relay does not keep the reaping thread's blocked signals: SIGTERM still stops it."""
+def test_the_relay_starts_with_no_signal_blocked_or_ignored() -> None:
+    """The relay drops the blocked and ignored signals it inherits: SIGTERM still stops it."""
     blocked = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    ignored = {number: signal.signal(number, signal.SIG_IGN) for number in blocked}
     try:
         # The reaping thread starts now, with this thread's mask.
         with Reaper(backend="pidfd") as reaper:
@@ -273,15 +280,22 @@ def test_the_relay_starts_with_no_signal_blocked() -> None:
             with open(f"/proc/self/task/{reaping_thread}/status", encoding="ascii") as file:
                 assert int(_field(file.read(), "SigBlk"), 16) & (1 << (signal.SIGTERM - 1))
 
-            def relay_blocks_nothing() -> bool:
-                with open(f"/proc/{relay}/status", encoding="ascii") as file:
-                    return int(_field(file.read(), "SigBlk"), 16) == 0
+            mask = sum(1 << (number - 1) for number in blocked)
 
-            eventually(relay_blocks_nothing, what="the relay to clear its mask")
+            def relay_blocks_and_ignores_none() -> bool:
+                with open(f"/proc/{relay}/status", encoding="ascii") as file:
+                    status = file.read()
+                return int(_field(status, "SigBlk"), 16) == 0 and not (
+                    int(_field(status, "SigIgn"), 16) & mask
+                )
+
+            eventually(relay_blocks_and_ignores_none, what="the relay to reset its signals")
             for child in children:
                 _release(child)
             assert all(child.wait(10).returncode == 0 for child in children)
     finally:
+        for number, handler in ignored.items():
+            signal.signal(number, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
@@ -305,6 +319,157 @@ def test_without_a_relay_the_pidfds_stay_here(
     for child in children:
         _release(child)
     assert [child.wait(10).returncode for child in children] == list(range(12))
+
+
+def test_a_relay_that_never_says_hello_is_killed_and_gets_nothing(
+    reaper: Reaper,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sys.executable that is no Python (uWSGI...) gets no pidfd, and is killed and reaped."""
+    host = tmp_path / "host"
+    host.write_text('#!/bin/sh\necho started > "$0.log"\nexec sleep 60\n')
+    host.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(host))
+    monkeypatch.setattr(_engine.Engine, "relay_hello_timeout", 0.5)
+    with caplog.at_level(logging.WARNING, logger="zombiereaper"):
+        children = [_waiting(reaper, n) for n in range(8)]
+        eventually(lambda: "did not start within 0.5 s" in caplog.text, what="the warning")
+    assert (tmp_path / "host.log").read_text() == "started\n"
+    assert _engine_now()._relay is None
+    assert _lent() == 0
+    assert pidfds_open() == 8
+    # No second attempt: more children than the threshold stay here too.
+    more = [_waiting(reaper, n) for n in range(8, 12)]
+    assert _engine_now()._relay is None
+    for child in children + more:
+        _release(child)
+    assert [child.wait(10).returncode for child in children + more] == list(range(12))
+
+
+def _fork_a_holder() -> tuple[int, int]:
+    """Fork a child that only waits for its pipe to close; returns its pid and the pipe."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the forked child
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    return pid, write_end
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if link.startswith("socket:"):
+            inodes.add(link)
+    return inodes
+
+
+def _in_another_thread(action: Callable[[], object]) -> None:
+    thread = threading.Thread(target=action)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+@pytest.mark.filterwarnings(FORK_IN_THREADED_PROCESS)
+def test_a_fork_while_the_relay_starts_does_not_keep_its_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fork between the socket pair and the relay's start leaves the child no copy of it."""
+    real_popen = subprocess.Popen
+    holder: list[tuple[int, int]] = []
+
+    def fork_first(args: Any, *rest: Any, **kwargs: Any) -> Any:
+        if "_relay.py" in " ".join(map(str, args)) and not holder:
+            _in_another_thread(lambda: holder.append(_fork_a_holder()))
+        return real_popen(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", fork_first)
+    with Reaper(backend="pidfd") as reaper:
+        # No more: a fork while this thread is inside Popen would hold up that Popen (its
+        # error pipe is copied into the forked child) until the child exits.
+        children = [_waiting(reaper, 0) for _ in range(ABOVE + 1)]
+        relay = eventually(lambda: _engine_now()._relay, what="the relay to start")
+        ((pid, pipe),) = holder
+        try:
+            assert f"socket:[{os.fstat(relay.fileno()).st_ino}]" not in _socket_inodes(pid)
+            for child in children:
+                child.terminate()  # the holder has copies of the stdin pipes too
+            assert all(child.wait(10).signal == signal.SIGTERM for child in children)
+        finally:
+            os.close(pipe)
+            os.waitpid(pid, 0)
+        for child in children:
+            _release(child)
+    # Its socket closed by the uninstall, the relay exited by itself.
+    assert relay.close() == 0
+
+
+@pytest.mark.filterwarnings(FORK_IN_THREADED_PROCESS)
+def test_a_fork_while_the_engine_stops_does_not_keep_the_relay_alive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fork after the last uninstall began, before the relay closed: the relay still exits."""
+    real_close = _engine.Engine._close
+    holder: list[tuple[int, int]] = []
+
+    def fork_first(engine: _engine.Engine) -> None:
+        _in_another_thread(lambda: holder.append(_fork_a_holder()))
+        real_close(engine)
+
+    reaper = Reaper(backend="pidfd").install()
+    children = [_waiting(reaper, 0) for _ in range(8)]
+    relay = eventually(lambda: _engine_now()._relay, what="the relay to start")
+    for child in children:
+        _release(child)
+    assert all(child.wait(10).returncode == 0 for child in children)
+    monkeypatch.setattr(_engine.Engine, "_close", fork_first)
+    reaper.uninstall()
+    ((pid, pipe),) = holder
+    try:
+        # Exited on its own, as its socket closed: not killed after a timeout.
+        assert relay.close() == 0
+    finally:
+        os.close(pipe)
+        os.waitpid(pid, 0)
+
+
+def test_an_all_scope_sweep_while_the_relay_dies_leaves_it_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Until the engine has reaped its dead relay, no all-scope sweep records or reaps it."""
+    heard: list[int] = []
+    real_close = _relay.Relay.close
+    swept: list[list[int]] = []
+
+    def sweep_first(relay: _relay.Relay, **kwargs: Any) -> int | None:
+        _in_another_thread(lambda: swept.append([s.pid for s in reaper.reap()]))
+        return real_close(relay, **kwargs)
+
+    with Reaper(
+        backend="pidfd", scope="all", grace=0, on_exit=lambda s: heard.append(s.pid)
+    ) as reaper:
+        children = [_waiting(reaper, 0) for _ in range(8)]
+        relay = eventually(lambda: _engine_now()._relay, what="the relay to start")
+        monkeypatch.setattr(_relay.Relay, "close", sweep_first)
+        with caplog.at_level(logging.WARNING, logger="zombiereaper"):
+            os.kill(relay.pid, signal.SIGKILL)
+            eventually(lambda: f"(pid {relay.pid}) exited" in caplog.text, what="the engine")
+        monkeypatch.setattr(_relay.Relay, "close", real_close)
+        assert swept and relay.pid not in swept[0]
+        for child in children:
+            _release(child)
+        assert all(child.wait(10).returncode == 0 for child in children)
+    assert reaper.status(relay.pid) is None
+    assert relay.pid not in heard
 
 
 def test_the_all_scope_leaves_the_relay_alone() -> None:

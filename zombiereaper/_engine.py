@@ -23,6 +23,7 @@ import itertools
 import logging
 import os
 import select
+import sys
 import threading
 import time
 import weakref
@@ -70,6 +71,8 @@ class Engine:
     relay_above: int = 256
     #: How many pidfds (the youngest) stay in this process after a lending round.
     relay_keep: int = 128
+    #: Seconds a new relay has to say hello before it is killed and no other is started.
+    relay_hello_timeout: float = 10.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -370,8 +373,8 @@ class Engine:
             # Dicts keep insertion order: the first entries are the children watched longest.
             oldest = list(itertools.islice(self._by_fd.items(), excess))
         relay = self._start_relay()
-        if relay is None or self._relay_full:
-            return
+        if relay is None or not relay.ready or self._relay_full:
+            return  # once it says hello, _hear_from_relay calls this again
         lent: list[tuple[int, int]] = []
         for fd, child in oldest:
             with child._lock:
@@ -412,10 +415,24 @@ class Engine:
             )
             return None
         self._epoll.register(relay.fileno(), select.EPOLLIN)
+        self.call_later(self.relay_hello_timeout, lambda: self._check_hello(relay))
         return relay
+
+    def _check_hello(self, relay: _relay.Relay) -> None:
+        if self._relay is not relay or relay.ready:
+            return
+        # Not our relay at all, most likely: sys.executable is not a Python (uWSGI...).
+        self._relay_attempts = _RELAY_ATTEMPTS
+        self._drop_relay(
+            relay,
+            f"did not start within {self.relay_hello_timeout:g} s (is {sys.executable!r} "
+            "a Python interpreter?); no other is started",
+            kill=True,
+        )
 
     def _hear_from_relay(self, relay: _relay.Relay) -> list[Child]:
         """Take back the pidfds of children that exited; returns those children."""
+        was_ready = relay.ready
         returned, alive = relay.receive()
         exited = []
         for token, fd in returned:
@@ -431,7 +448,9 @@ class Engine:
                 lost,
             )
         if not alive:
-            self._relay_died(relay)
+            self._drop_relay(relay, "exited")
+        elif relay.ready and not was_ready:
+            self._lend_oldest()
         return exited
 
     def _take_back(self, token: int, fd: int | None) -> Child | None:
@@ -463,17 +482,19 @@ class Engine:
             _sighandler.wake()  # a sweep soon: it may have exited already
         return child
 
-    def _relay_died(self, relay: _relay.Relay) -> None:
-        """The relay is gone with the pidfds it held: watch those children by pid."""
+    def _drop_relay(self, relay: _relay.Relay, what: str, *, kill: bool = False) -> None:
+        """The relay is gone, with the pidfds it held: watch those children by pid."""
+        if self._epoll is not None:
+            self._epoll.unregister(relay.fileno())
+        # Reaped before it stops counting as ours: until then the all scope leaves it alone.
+        code = relay.close(kill=kill)
         with self._lock:
             self._relay = None
             tokens = list(self._lent)
-        if self._epoll is not None:
-            self._epoll.unregister(relay.fileno())
-        code = relay.close()
         logger.warning(
-            "zombiereaper's relay (pid %d) exited with %s; watching its %d children by pid",
+            "zombiereaper's relay (pid %d) %s, exit status %s; watching its %d children by pid",
             relay.pid,
+            what,
             code,
             len(tokens),
         )
@@ -516,9 +537,9 @@ class Engine:
         # callback; either way the thread closes its epoll descriptor on the way out.
 
     def _close(self) -> None:
-        relay, self._relay = self._relay, None
-        if relay is not None:
-            relay.close()
+        if self._relay is not None:
+            self._relay.close()
+            self._relay = None
         if self._epoll is not None:
             self._epoll.close()
 
@@ -531,9 +552,8 @@ class Engine:
                     notifier.close()
                 except OSError:
                     pass
-        if self._relay is not None:
-            self._relay.abandon()
-            self._relay = None
+        # zombiereaper._relay's own at-fork hook closed the relay socket: it is the parent's.
+        self._relay = None
         try:
             self._close()
         except OSError:

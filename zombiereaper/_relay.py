@@ -17,11 +17,15 @@ Both ends of the protocol live here. The socket is a ``SOCK_SEQPACKET`` pair, so
 message arrives whole: a kind byte, then tokens (the engine's numbers for the lent children)
 as native 64-bit integers, with the descriptors, in the same order, as SCM_RIGHTS.
 
+- relay -> engine ``H``: hello, once it runs: nothing is lent before (a ``sys.executable``
+  that is not Python, as under uWSGI, never says it).
 - engine -> relay ``L``: lend these pidfds.
 - relay -> engine ``X``: these children exited; here are their pidfds back.
 - relay -> engine ``R``: refused (the relay is out of descriptors): these pidfds are gone.
 
 The relay exits when the engine closes its end, or when the process that started it dies.
+A process forked from ours closes its copies of every relay socket at once (an at-fork hook
+here), or the relay would never see that end close.
 """
 
 from __future__ import annotations
@@ -34,11 +38,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from typing import Final
 
 #: SCM_RIGHTS carries at most 253 descriptors a message (SCM_MAX_FD).
 BATCH: Final = 250
 
+HELLO: Final = b"H"
 LEND: Final = b"L"
 EXITED: Final = b"X"
 REFUSED: Final = b"R"
@@ -50,7 +56,14 @@ _ANCILLARY_SIZE: Final = socket.CMSG_SPACE(BATCH * array.array("i").itemsize)
 #: Received descriptors are close-on-exec at once: no exec anywhere may inherit one.
 _RECV_FLAGS: Final = getattr(socket, "MSG_CMSG_CLOEXEC", 0) | socket.MSG_DONTWAIT
 
-#: The parent's relay processes, in a forked child (see Relay.abandon).
+#: Every relay socket open in this process, and every relay process we started: what a
+#: forked child must drop (see _drop_after_fork). _fork_lock makes creating a socket pair and
+#: noting it one step, as far as a fork is concerned.
+_sockets: set[socket.socket] = set()
+_processes: set[subprocess.Popen[bytes]] = set()
+_fork_lock = threading.Lock()
+#: The parent's relay processes, in a forked child: kept, never collected (see
+#: _drop_after_fork).
 _ABANDONED: list[subprocess.Popen[bytes]] = []
 
 #: How long the relay gets to exit after its socket is closed before it is killed.
@@ -97,12 +110,14 @@ def is_available() -> bool:
 class Relay:
     """The engine's end: a running relay process and the socket to it.
 
-    Used from the reaping thread only, but for :meth:`abandon` after a fork.
+    Used from the reaping thread only.
     """
 
     def __init__(self, process: subprocess.Popen[bytes], sock: socket.socket) -> None:
         self._process = process
         self._sock = sock
+        #: Whether the relay has said hello: until then, lend it nothing.
+        self.ready = False
 
     @classmethod
     def start(cls) -> Relay:
@@ -113,7 +128,9 @@ class Relay:
         """
         if not is_available():
             raise OSError(f"no relay: cannot run {__file__!r} with {sys.executable!r}")
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with _fork_lock:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            _sockets.update((ours, theirs))
         try:
             process = subprocess.Popen(
                 [sys.executable, "-I", "-S", __file__, str(theirs.fileno())],
@@ -126,10 +143,11 @@ class Relay:
                 start_new_session=True,
             )
         except BaseException:
-            ours.close()
+            _close_socket(ours)
             raise
         finally:
-            theirs.close()
+            _close_socket(theirs)
+        _processes.add(process)
         ours.setblocking(False)
         return cls(process, ours)
 
@@ -181,6 +199,8 @@ class Relay:
                     os.close(fd)
                 return returned, False
             kind, tokens = _unpack(message)
+            if kind == HELLO:
+                self.ready = True
             if kind != EXITED:
                 fds, extra = [], fds
                 for fd in extra:
@@ -192,22 +212,58 @@ class Relay:
                 for index, token in enumerate(tokens)
             )
 
-    def close(self) -> int | None:
-        """Close the socket, wait for the relay to exit and reap it; return its exit code."""
-        self._sock.close()
+    def close(self, *, kill: bool = False) -> int | None:
+        """Close the socket, wait for the relay to exit and reap it; return its exit code.
+
+        ``kill`` kills it first: a relay that never said hello may not be ours to trust.
+        """
+        _close_socket(self._sock)
+        if kill:
+            self._process.kill()
         try:
-            return self._process.wait(timeout=_CLOSE_TIMEOUT)
+            code = self._process.wait(timeout=_CLOSE_TIMEOUT)
         except subprocess.TimeoutExpired:
             self._process.kill()
-            return self._process.wait()
+            code = self._process.wait()
+        _processes.discard(self._process)
+        return code
 
-    def abandon(self) -> None:
-        """In a forked child: drop our copy of the socket; the relay is the parent's."""
-        self._sock.close()
-        # Kept, never collected: Popen.__del__ would warn about a process still running, and
-        # subprocess's cleanup would waitpid() a pid that is not this process's child (and
-        # may one day be the pid of one of its own).
-        _ABANDONED.append(self._process)
+
+def _close_socket(sock: socket.socket) -> None:
+    with _fork_lock:
+        _sockets.discard(sock)
+        sock.close()
+
+
+def _drop_after_fork() -> None:
+    """In a forked child: close our copies of the relay sockets; the relays are the parent's."""
+    global _fork_lock
+    _fork_lock = threading.Lock()  # the forking thread's copy may have been held by another
+    for sock in _sockets:
+        sock.close()
+    _sockets.clear()
+    # Kept, never collected: Popen.__del__ would warn about a process still running, and
+    # subprocess's cleanup would waitpid() a pid that is not this process's child (and may one
+    # day be the pid of one of its own).
+    _ABANDONED.extend(_processes)
+    _processes.clear()
+
+
+# Named functions, not the bound methods: _drop_after_fork replaces the lock in the child.
+def _before_fork() -> None:
+    _fork_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _fork_lock.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_drop_after_fork,
+    )
 
 
 # --- the relay process ---------------------------------------------------------------------
@@ -219,8 +275,12 @@ def main(argv: list[str]) -> int:
     # Started from the reaping thread, it inherits that thread's signal mask: a relay that
     # cannot be stopped by SIGTERM would surprise whoever tries.
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    # Nor the dispositions it ignores (nohup's SIGHUP, a service's SIGTERM).
+    for number in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
     _raise_descriptor_limit()
     try:
+        ctl.send(HELLO)
         _relay(ctl)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the engine closed its end while we were answering: nobody is left to tell
