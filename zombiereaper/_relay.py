@@ -3,8 +3,8 @@
 Every fork copies the forking process's whole descriptor table, and the new child closes
 those descriptors again before it execs: with a pidfd open for each of 4,000 children, every
 ``Popen`` in the process pays for a 4,000-entry table, twice (the benchmark measured bare
-``Popen`` + ``wait`` 1.74x slower). Linux has no close-on-fork flag, so the only way to keep
-the descriptors out of that copy is to keep them out of the process.
+``Popen`` + ``wait`` 1.7x to 2.1x slower). Linux has no close-on-fork flag, so the only way
+to keep the descriptors out of that copy is to keep them out of the process.
 
 So, once the engine holds more than a few hundred pidfds, it lends the oldest ones (the
 children likeliest to live long) to the relay, a fresh ``python -I -S`` running :func:`main`
