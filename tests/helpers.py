@@ -129,6 +129,22 @@ def pidfds_open(pid: int | str = "self") -> int:
     return count
 
 
+def fork_waiting(exit_code: int = 0) -> tuple[int, int]:
+    """os.fork() a child that exits with ``exit_code`` once the returned pipe end closes.
+
+    Returns:
+        The child's pid and the pipe's write end (close it to let the child exit).
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the forked child
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(exit_code)
+    os.close(read_end)
+    return pid, write_end
+
+
 def read_fork_report(read_end: int, pid: int) -> bytes:
     """What a forked test child wrote to ``read_end`` before exiting 0; reaps the child."""
     chunks = []

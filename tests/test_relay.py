@@ -27,6 +27,7 @@ from .helpers import (
     FORK_IN_THREADED_PROCESS,
     HAS_PIDFD,
     eventually,
+    fork_waiting,
     is_zombie_or_gone,
     pid_alive,
     pidfds_open,
@@ -348,18 +349,6 @@ def test_a_relay_that_never_says_hello_is_killed_and_gets_nothing(
     assert [child.wait(10).returncode for child in children + more] == list(range(12))
 
 
-def _fork_a_holder() -> tuple[int, int]:
-    """Fork a child that only waits for its pipe to close; returns its pid and the pipe."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the forked child
-        os.close(write_end)
-        os.read(read_end, 1)
-        os._exit(0)
-    os.close(read_end)
-    return pid, write_end
-
-
 def _socket_inodes(pid: int) -> set[str]:
     inodes = set()
     for name in os.listdir(f"/proc/{pid}/fd"):
@@ -389,7 +378,7 @@ def test_a_fork_while_the_relay_starts_does_not_keep_its_socket(
 
     def fork_first(args: Any, *rest: Any, **kwargs: Any) -> Any:
         if "_relay.py" in " ".join(map(str, args)) and not holder:
-            _in_another_thread(lambda: holder.append(_fork_a_holder()))
+            _in_another_thread(lambda: holder.append(fork_waiting()))
         return real_popen(args, *rest, **kwargs)
 
     monkeypatch.setattr(subprocess, "Popen", fork_first)
@@ -422,7 +411,7 @@ def test_a_fork_while_the_engine_stops_does_not_keep_the_relay_alive(
     holder: list[tuple[int, int]] = []
 
     def fork_first(engine: _engine.Engine) -> None:
-        _in_another_thread(lambda: holder.append(_fork_a_holder()))
+        _in_another_thread(lambda: holder.append(fork_waiting()))
         real_close(engine)
 
     reaper = Reaper(backend="pidfd").install()

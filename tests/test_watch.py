@@ -18,6 +18,7 @@ from .helpers import (
     FORK_IN_THREADED_PROCESS,
     START_METHODS,
     eventually,
+    fork_waiting,
     is_zombie_or_gone,
     read_line,
     sh,
@@ -232,13 +233,7 @@ def test_watch_a_posix_spawned_pid(backend: str) -> None:
 def test_watch_a_raw_fork(backend: str) -> None:
     """A child made by os.fork() is reaped and its status recorded."""
     with Reaper(backend=backend) as reaper:  # type: ignore[arg-type]
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the forked child
-            os.close(write_end)
-            os.read(read_end, 1)
-            os._exit(17)
-        os.close(read_end)
+        pid, write_end = fork_waiting(17)
         child = reaper.watch(pid)
         assert child.running
         os.close(write_end)
