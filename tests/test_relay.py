@@ -228,6 +228,29 @@ def test_owners_waiting_on_lent_children_keep_their_codes(reaper: Reaper) -> Non
     assert worker.wait(10).returncode == 33
 
 
+def test_forkserver_sentinels_are_not_counted_nor_lent(reaper: Reaper) -> None:
+    """Workers watched through their sentinels (not our children) start no relay."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    release = context.Event()
+    workers = [context.Process(target=release.wait, args=(20,)) for _ in range(ABOVE + 3)]
+    for worker in workers:
+        worker.start()
+    watched = [reaper.watch(worker) for worker in workers]
+    engine = _engine_now()
+    assert len(engine._by_fd) == len(workers)
+    # Whatever lending pass a watch() asked for has run once this callback has.
+    done = threading.Event()
+    engine.call_soon(done.set)
+    assert done.wait(10)
+    assert engine._relay is None
+    release.set()
+    for worker in workers:
+        worker.join(10)
+    assert [child.wait(10).returncode for child in watched] == [0] * len(workers)
+
+
 def test_a_dead_relay_loses_nothing(reaper: Reaper, caplog: pytest.LogCaptureFixture) -> None:
     """SIGKILL the relay: it is reaped, its children are watched by pid, a new one takes over."""
     children = [_waiting(reaper, 60 + n) for n in range(10)]

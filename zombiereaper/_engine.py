@@ -86,6 +86,9 @@ class Engine:
         self._by_pid: dict[int, Child] = {}
         #: token -> Child whose pidfd the relay holds (see zombiereaper._relay).
         self._lent: dict[int, Child] = {}
+        #: How many of _by_fd are our pidfds, which can be lent (the rest are forkserver
+        #: workers' sentinels, which belong to their Process).
+        self._pidfds_here = 0
         self._tokens = itertools.count(1)
         self._relay: _relay.Relay | None = None
         self._relay_attempts = 0
@@ -143,7 +146,8 @@ class Engine:
             else:
                 self._by_fd[fd] = child
                 self._epoll.register(fd, select.EPOLLIN)
-                lend = len(self._by_fd) > self.relay_above and not self._lending_asked
+                self._pidfds_here += isinstance(notifier, PidfdNotifier)
+                lend = self._pidfds_here > self.relay_above and not self._lending_asked
                 self._lending_asked |= lend
         if lend is None:
             # A SIGCHLD that came before the child was in the swept set woke nobody for it.
@@ -277,6 +281,7 @@ class Engine:
         with self._lock:
             if fd is not None and self._by_fd.pop(fd, None) is not None and self._epoll is not None:
                 self._epoll.unregister(fd)
+                self._pidfds_here -= isinstance(notifier, PidfdNotifier)
             if isinstance(notifier, PidfdNotifier) and notifier.lent_as is not None:
                 # The relay hands the pidfd back when the child exits; nobody will take it.
                 self._lent.pop(notifier.lent_as, None)
@@ -367,11 +372,15 @@ class Engine:
         """Lend the oldest pidfds to the relay, down to relay_keep (on the reaping thread)."""
         self._lending_asked = False
         with self._lock:
-            excess = len(self._by_fd) - self.relay_keep
-            if excess <= 0 or len(self._by_fd) <= self.relay_above:
+            if self._pidfds_here <= self.relay_above:
                 return
             # Dicts keep insertion order: the first entries are the children watched longest.
-            oldest = list(itertools.islice(self._by_fd.items(), excess))
+            lendable = (
+                (fd, child)
+                for fd, child in self._by_fd.items()
+                if isinstance(child._owner.notifier, PidfdNotifier)
+            )
+            oldest = list(itertools.islice(lendable, max(0, self._pidfds_here - self.relay_keep)))
         relay = self._start_relay()
         if relay is None or not relay.ready or self._relay_full:
             return  # once it says hello, _hear_from_relay calls this again
@@ -387,6 +396,7 @@ class Engine:
                         continue
                     del self._by_fd[fd]
                     self._epoll.unregister(fd)
+                    self._pidfds_here -= 1
                     token = next(self._tokens)
                     self._lent[token] = child
                     notifier.lend(token)
@@ -478,6 +488,7 @@ class Engine:
                     notifier.take_back(fd)
                     self._by_fd[fd] = child
                     self._epoll.register(fd, select.EPOLLIN)
+                    self._pidfds_here += 1
         if fd is None:
             _sighandler.wake()  # a sweep soon: it may have exited already
         return child
