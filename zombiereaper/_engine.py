@@ -92,7 +92,7 @@ class Engine:
         self._tokens = itertools.count(1)
         self._relay: _relay.Relay | None = None
         self._relay_attempts = 0
-        #: The relay ran out of descriptors once: lend it nothing more.
+        #: The relay ran out of descriptors once: lend it nothing more (until another starts).
         self._relay_full = False
         self._lending_asked = False
         self._all_scope: AllScope | None = None
@@ -481,6 +481,8 @@ class Engine:
                     return None
                 del self._lent[token]
                 if fd is None or self._epoll is None:
+                    if fd is not None:
+                        os.close(fd)
                     notifier.lose()
                     self._swept.add(child)
                     self._update_sigchld_need()
@@ -501,6 +503,7 @@ class Engine:
         code = relay.close(kill=kill)
         with self._lock:
             self._relay = None
+            self._relay_full = False  # a new relay starts with room
             tokens = list(self._lent)
         logger.warning(
             "zombiereaper's relay (pid %d) %s, exit status %s; watching its %d children by pid",
