@@ -132,16 +132,26 @@ def pidfds_open(pid: int | str = "self") -> int:
 def fork_waiting(exit_code: int = 0) -> tuple[int, int]:
     """os.fork() a child that exits with ``exit_code`` once the returned pipe end closes.
 
+    Returns once the child runs, past every at-fork hook (it says so through a pipe).
+
     Returns:
         The child's pid and the pipe's write end (close it to let the child exit).
     """
     read_end, write_end = os.pipe()
+    ready_read, ready_write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the forked child
         os.close(write_end)
+        os.close(ready_read)
+        os.write(ready_write, b"r")
         os.read(read_end, 1)
         os._exit(exit_code)
     os.close(read_end)
+    os.close(ready_write)
+    try:
+        assert os.read(ready_read, 1) == b"r", "the forked child died before it ran"
+    finally:
+        os.close(ready_read)
     return pid, write_end
 
 
