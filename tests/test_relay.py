@@ -6,6 +6,7 @@ children exercises what thousands would in production.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -73,9 +74,16 @@ def _waiting(reaper: Reaper, code: int) -> Child:
 
 
 def _release(child: Child) -> None:
-    stdin = child.popen.stdin
-    assert stdin is not None
-    stdin.close()
+    popen = child.popen
+    assert popen is not None and popen.stdin is not None
+    popen.stdin.close()
+
+
+def _started_relay() -> _relay.Relay:
+    """The engine's relay, once it has started."""
+    relay = eventually(lambda: _engine_now()._relay, what="the relay to start")
+    assert relay is not None
+    return relay
 
 
 def test_the_relay_returns_a_pidfd_when_its_child_exits_and_exits_on_eof() -> None:
@@ -85,11 +93,11 @@ def test_the_relay_returns_a_pidfd_when_its_child_exits_and_exits_on_eof() -> No
     relay = _relay.Relay.start()
     popen = subprocess.Popen(sh("read line; exit 9"), stdin=subprocess.PIPE)
     try:
-        assert not relay.ready
+        ready_at_start = relay.ready
         ready, _, _ = select.select([relay.fileno()], [], [], 10)
         assert ready, "no hello from the relay within 10 s"
         assert relay.receive() == ([], True)
-        assert relay.ready
+        assert (ready_at_start, relay.ready) == (False, True)
         fd = os.pidfd_open(popen.pid)
         assert relay.lend([(77, fd)]) == 1
         os.close(fd)
@@ -183,7 +191,7 @@ def test_signals_reach_a_lent_child_without_the_relay(reaper: Reaper) -> None:
         lent[1].kill()
         lent[2].send_signal(signal.SIGUSR1)
         for child in lent:
-            eventually(lambda child=child: is_zombie_or_gone(child.pid), what="a signalled exit")
+            eventually(functools.partial(is_zombie_or_gone, child.pid), what="a signalled exit")
     finally:
         os.kill(relay_pid, signal.SIGCONT)
     assert [child.wait(10).signal for child in lent] == [
@@ -409,7 +417,7 @@ def test_a_fork_while_the_relay_starts_does_not_keep_its_socket(
         # No more: a fork while this thread is inside Popen would hold up that Popen (its
         # error pipe is copied into the forked child) until the child exits.
         children = [_waiting(reaper, 0) for _ in range(ABOVE + 1)]
-        relay = eventually(lambda: _engine_now()._relay, what="the relay to start")
+        relay = _started_relay()
         ((pid, pipe),) = holder
         try:
             assert f"socket:[{os.fstat(relay.fileno()).st_ino}]" not in _socket_inodes(pid)
@@ -439,7 +447,7 @@ def test_a_fork_while_the_engine_stops_does_not_keep_the_relay_alive(
 
     reaper = Reaper(backend="pidfd").install()
     children = [_waiting(reaper, 0) for _ in range(8)]
-    relay = eventually(lambda: _engine_now()._relay, what="the relay to start")
+    relay = _started_relay()
     for child in children:
         _release(child)
     assert all(child.wait(10).returncode == 0 for child in children)
@@ -462,15 +470,15 @@ def test_an_all_scope_sweep_while_the_relay_dies_leaves_it_alone(
     real_close = _relay.Relay.close
     swept: list[list[int]] = []
 
+    all_scope = Reaper(backend="pidfd", scope="all", grace=0, on_exit=lambda s: heard.append(s.pid))
+
     def sweep_first(relay: _relay.Relay, **kwargs: Any) -> int | None:
-        _in_another_thread(lambda: swept.append([s.pid for s in reaper.reap()]))
+        _in_another_thread(lambda: swept.append([s.pid for s in all_scope.reap()]))
         return real_close(relay, **kwargs)
 
-    with Reaper(
-        backend="pidfd", scope="all", grace=0, on_exit=lambda s: heard.append(s.pid)
-    ) as reaper:
+    with all_scope as reaper:
         children = [_waiting(reaper, 0) for _ in range(8)]
-        relay = eventually(lambda: _engine_now()._relay, what="the relay to start")
+        relay = _started_relay()
         monkeypatch.setattr(_relay.Relay, "close", sweep_first)
         with caplog.at_level(logging.WARNING, logger="zombiereaper"):
             os.kill(relay.pid, signal.SIGKILL)
@@ -545,7 +553,7 @@ def test_a_relay_out_of_descriptors_refuses_and_nothing_is_lost(
     import resource
 
     first = [_waiting(reaper, n) for n in range(ABOVE + 1)]
-    relay = eventually(lambda: _engine_now()._relay, what="the relay to start")
+    relay = _started_relay()
     # Room for about 8 descriptors beyond what it has open: far fewer than it is sent.
     resource.prlimit(relay.pid, resource.RLIMIT_NOFILE, (16, 16))
     with caplog.at_level(logging.WARNING, logger="zombiereaper"):
