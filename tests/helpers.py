@@ -117,6 +117,17 @@ def read_line(stream: object, timeout: float = 10.0) -> str:
     return line.decode()
 
 
+def status_fields(text: str) -> dict[str, str]:
+    """The fields of a /proc/PID/status text, by name (``SigBlk``, ``SigIgn``...)."""
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def proc_status(which: int | str) -> dict[str, str]:
+    """The fields of /proc/``which``/status (a pid, or a path such as ``self/task/TID``)."""
+    with open(f"/proc/{which}/status", encoding="ascii") as file:
+        return status_fields(file.read())
+
+
 def pidfds_open(pid: int | str = "self") -> int:
     """How many pidfds process ``pid`` (this one by default) holds."""
     count = 0

@@ -18,7 +18,7 @@ import pytest
 from zombiereaper import _linux
 from zombiereaper._cli import main
 
-from .helpers import STANDARD_SIGNALS, eventually, read_line
+from .helpers import STANDARD_SIGNALS, eventually, read_line, status_fields
 
 CLI = [sys.executable, "-m", "zombiereaper"]
 
@@ -246,7 +246,7 @@ def test_program_starts_clean_in_its_own_process_group() -> None:
     result = subprocess.run(
         [sys.executable, "-c", launcher], capture_output=True, text=True, timeout=30, check=True
     )
-    fields = dict(line.split(":\t", 1) for line in result.stdout.splitlines() if ":\t" in line)
+    fields = status_fields(result.stdout)
     assert int(fields["SigBlk"], 16) == 0
     # SIGPIPE too: Python ignores it for itself, cat must not inherit that.
     assert int(fields["SigIgn"], 16) & STANDARD_SIGNALS == 0

@@ -14,7 +14,7 @@ import pytest
 
 from zombiereaper import Reaper, _linux
 
-from .helpers import STANDARD_SIGNALS, eventually, py, sh, zombie_children
+from .helpers import STANDARD_SIGNALS, eventually, proc_status, py, sh, zombie_children
 
 pytestmark = pytest.mark.skipif(
     not _linux.can_be_subreaper(), reason="needs a subreaper to take the daemons back"
@@ -33,11 +33,6 @@ os.set_inheritable(stray, True)                               # an inheritable f
 daemon = Reaper().spawn_detached(["sleep", "60"])
 print(json.dumps({"daemon": daemon, "caller": os.getpid()}), flush=True)
 """
-
-
-def _status_fields(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status", encoding="ascii") as file:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in file if ":\t" in line)
 
 
 def _kill_and_reap(pid: int) -> None:
@@ -61,7 +56,7 @@ def test_daemon_is_an_orphan_in_a_session_of_its_own() -> None:
         fds = sorted(int(fd) for fd in os.listdir(f"/proc/{daemon}/fd"))
         assert fds == [0, 1, 2]
         assert {os.readlink(f"/proc/{daemon}/fd/{fd}") for fd in fds} == {"/dev/null"}
-        fields = _status_fields(daemon)
+        fields = proc_status(daemon)
         assert int(fields["SigBlk"], 16) == 0
         assert int(fields["SigIgn"], 16) & STANDARD_SIGNALS == 0
         assert proc.cmdline() == ["sleep", "60"]

@@ -32,6 +32,7 @@ from .helpers import (
     is_zombie_or_gone,
     pid_alive,
     pidfds_open,
+    proc_status,
     read_fork_report,
     sh,
     zombie_children,
@@ -309,17 +310,14 @@ def test_the_relay_starts_with_no_signal_blocked_or_ignored() -> None:
             eventually(lambda: _lent() > 0, what="pidfds to be lent")
             relay = _relay_pid()
             reaping_thread = _engine_now().thread.native_id
-            with open(f"/proc/self/task/{reaping_thread}/status", encoding="ascii") as file:
-                assert int(_field(file.read(), "SigBlk"), 16) & (1 << (signal.SIGTERM - 1))
+            thread_blocked = int(proc_status(f"self/task/{reaping_thread}")["SigBlk"], 16)
+            assert thread_blocked & (1 << (signal.SIGTERM - 1))
 
             mask = sum(1 << (number - 1) for number in blocked)
 
             def relay_blocks_and_ignores_none() -> bool:
-                with open(f"/proc/{relay}/status", encoding="ascii") as file:
-                    status = file.read()
-                return int(_field(status, "SigBlk"), 16) == 0 and not (
-                    int(_field(status, "SigIgn"), 16) & mask
-                )
+                fields = proc_status(relay)
+                return int(fields["SigBlk"], 16) == 0 and not int(fields["SigIgn"], 16) & mask
 
             eventually(relay_blocks_and_ignores_none, what="the relay to reset its signals")
             for child in children:
@@ -329,13 +327,6 @@ def test_the_relay_starts_with_no_signal_blocked_or_ignored() -> None:
         for number, handler in ignored.items():
             signal.signal(number, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def _field(status: str, name: str) -> str:
-    for line in status.splitlines():
-        if line.startswith(name + ":"):
-            return line.split()[1]
-    raise AssertionError(f"no {name} in /proc status")
 
 
 def test_without_a_relay_the_pidfds_stay_here(

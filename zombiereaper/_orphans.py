@@ -360,10 +360,7 @@ async def wait_for_child_async(pid: int) -> ExitStatus:
             await readable
         finally:
             loop.remove_reader(fd)
-        status = _peek_pidfd(pid, fd)
-        if status is None:  # pragma: no cover - a readable pidfd means it has exited
-            raise StatusLostError(pid)
-        return status
+        return _status_once_readable(pid, fd)
     finally:
         os.close(fd)
 
@@ -378,6 +375,14 @@ def _peek_pidfd(pid: int, fd: int) -> ExitStatus | None:
         return _decode(pid, os.waitid(os.P_PIDFD, fd, _PEEK))
     except ChildProcessError:
         raise StatusLostError(pid) from None
+
+
+def _status_once_readable(pid: int, fd: int) -> ExitStatus:
+    """The status behind a pidfd that has turned readable (its process has exited)."""
+    status = _peek_pidfd(pid, fd)
+    if status is None:  # pragma: no cover - a readable pidfd means it has exited
+        raise StatusLostError(pid)
+    return status
 
 
 def _peek_our_child(pid: int) -> ExitStatus | None:
@@ -408,9 +413,6 @@ def _wait_with_pidfd(pid: int, deadline: float | None, timeout: float | None) ->
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(pid, timeout or 0.0)
-        status = _peek_pidfd(pid, fd)
-        if status is None:  # pragma: no cover - a readable pidfd means it has exited
-            raise StatusLostError(pid)
-        return status
+        return _status_once_readable(pid, fd)
     finally:
         os.close(fd)
