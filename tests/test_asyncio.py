@@ -11,6 +11,7 @@ import pytest
 from zombiereaper import NotOurChildError, Reaper
 
 from .helpers import sh
+from .internals import async_waiters
 
 
 def test_wait_async_returns_the_status(backend: str) -> None:
@@ -59,7 +60,7 @@ def test_wait_for_timeout_leaves_nothing_behind(backend: str) -> None:
         child = reaper.spawn(sh("exec sleep 30"))
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(child.wait_async(), 0.05)
-        assert child._async_waiters == []
+        assert async_waiters(child) == 0
         assert child.running
         child.kill()
         return (await asyncio.wait_for(child.wait_async(), 10)).returncode
@@ -75,11 +76,11 @@ def test_cancelled_wait_is_forgotten(backend: str) -> None:
         child = reaper.spawn(sh("exec sleep 30"))
         task = asyncio.create_task(child.wait_async())
         await asyncio.sleep(0)  # let the task register its waiter
-        assert len(child._async_waiters) == 1
+        assert async_waiters(child) == 1
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert child._async_waiters == []
+        assert async_waiters(child) == 0
         child.kill()
         await child.wait_async()
 

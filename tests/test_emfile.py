@@ -14,7 +14,6 @@ from .helpers import HAS_PIDFD
 SCRIPT = r"""
 import errno, json, logging, os, resource, sys
 from zombiereaper import Reaper
-from zombiereaper._backends.sigchld import SigchldNotifier
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 with Reaper(backend="pidfd") as reaper:
@@ -29,7 +28,7 @@ with Reaper(backend="pidfd") as reaper:
     # close_fds=False and an absolute path make Popen use posix_spawn, which needs no
     # descriptor of ours: only the pidfd cannot be had.
     children = [reaper.spawn(["/bin/sh", "-c", f"exit {n}"], close_fds=False) for n in range(20)]
-    fallbacks = sum(isinstance(c._owner.notifier, SigchldNotifier) for c in children)
+    fallbacks = sum(c._watch.notice.fileno is None for c in children)
     codes = [c.wait(20).returncode for c in children]
     for fd in filler:
         os.close(fd)

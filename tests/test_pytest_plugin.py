@@ -217,9 +217,10 @@ def test_the_relay_started_during_a_test_is_not_a_leak(pytester: pytest.Pytester
         import subprocess, time
         import pytest
         from zombiereaper import Reaper, _engine
+        from zombiereaper._backends.pidfd import PidfdMonitor
 
-        _engine.Engine.relay_above = 4
-        _engine.Engine.relay_keep = 2
+        PidfdMonitor.lend_above = 4
+        PidfdMonitor.lend_keep = 2
 
         @pytest.fixture(scope="module")
         def reaper():
@@ -232,7 +233,7 @@ def test_the_relay_started_during_a_test_is_not_a_leak(pytester: pytest.Pytester
                 for _ in range(10)
             ]
             deadline = time.monotonic() + 10
-            while not _engine.current()._lent:
+            while not _engine.current().monitors.pidfd.count()[1]:
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             for child in children:
@@ -240,7 +241,7 @@ def test_the_relay_started_during_a_test_is_not_a_leak(pytester: pytest.Pytester
             assert [child.wait(10).returncode for child in children] == [0] * 10
 
         def test_after(reaper):
-            assert _engine.current()._relay is not None
+            assert _engine.helper_pids()
         """
     )
     _run(pytester, "--zombies=fail", "-W", "error").assert_outcomes(passed=2)

@@ -24,6 +24,7 @@ from zombiereaper import (
     can_use_pidfd,
 )
 
+from .internals import watch_of
 from .helpers import (
     IGNORES_SIGTERM,
     eventually,
@@ -457,9 +458,9 @@ def test_forcing_pidfd_where_it_is_missing_says_what_to_use(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Without pidfd support, backend='pidfd' raises naming the fix and None picks sigchld."""
-    from zombiereaper._backends import pidfd
+    from zombiereaper import _process
 
-    monkeypatch.setattr(pidfd, "is_available", lambda: False)
+    monkeypatch.setattr(_process, "can_use_pidfd", lambda: False)
     assert not can_use_pidfd()
     with pytest.raises(BackendUnavailableError, match="backend='sigchld'"):
         Reaper(backend="pidfd")
@@ -545,8 +546,8 @@ def test_a_status_taken_by_other_code_is_reported_as_lost(backend: str) -> None:
 
     with Reaper(backend=backend) as reaper:  # type: ignore[arg-type]
         child = reaper.spawn(py("import sys; sys.stdin.read()"), stdin=subprocess.PIPE)
-        # Holding the Child's lock keeps the reaping thread out while the stranger reaps.
-        with child._lock:
+        # Holding the watch's lock keeps the reaping thread out while the stranger reaps.
+        with watch_of(child).lock:
             child.popen.stdin.close()  # type: ignore[union-attr]
             pid, _ = os.waitpid(child.pid, 0)  # the stranger: a bare waitpid on our child
             assert pid == child.pid

@@ -22,7 +22,9 @@ import psutil
 import pytest
 from hypothesis import given
 
-from zombiereaper import Child, Reaper, _engine, _relay
+from zombiereaper import Child, Reaper, _engine
+from zombiereaper._backends import relay as relay_module
+from zombiereaper._backends.relay_main import __file__ as RELAY_SCRIPT
 
 from .helpers import (
     FORK_IN_THREADED_PROCESS,
@@ -37,6 +39,14 @@ from .helpers import (
     sh,
     zombie_children,
 )
+from .internals import (
+    engine_now,
+    lent_count,
+    lent_pids,
+    lower_relay_thresholds,
+    relay_pid,
+    set_relay_timing,
+)
 from .strategies import children_plans
 from .test_stress import STRESS, run_burst
 
@@ -49,24 +59,21 @@ KEEP = 2
 @pytest.fixture(autouse=True)
 def lend_early(monkeypatch: pytest.MonkeyPatch) -> None:
     """Lend past ABOVE pidfds, down to KEEP."""
-    monkeypatch.setattr(_engine.Engine, "relay_above", ABOVE)
-    monkeypatch.setattr(_engine.Engine, "relay_keep", KEEP)
-
-
-def _engine_now() -> _engine.Engine:
-    engine = _engine.current()
-    assert engine is not None
-    return engine
+    lower_relay_thresholds(monkeypatch, ABOVE, KEEP)
 
 
 def _relay_pid() -> int:
-    relay = _engine_now()._relay
-    assert relay is not None, "no relay running"
-    return relay.pid
+    pid = relay_pid()
+    assert pid is not None, "no relay running"
+    return pid
 
 
 def _lent() -> int:
-    return len(_engine_now()._lent)
+    return lent_count()
+
+
+def _relay_object() -> relay_module.Relay | None:
+    return engine_now().monitors.pidfd._relay
 
 
 def _waiting(reaper: Reaper, code: int) -> Child:
@@ -80,9 +87,9 @@ def _release(child: Child) -> None:
     popen.stdin.close()
 
 
-def _started_relay() -> _relay.Relay:
+def _started_relay() -> relay_module.Relay:
     """The engine's relay, once it has started."""
-    relay = eventually(lambda: _engine_now()._relay, what="the relay to start")
+    relay = eventually(_relay_object, what="the relay to start")
     assert relay is not None
     return relay
 
@@ -91,7 +98,7 @@ def test_the_relay_returns_a_pidfd_when_its_child_exits_and_exits_on_eof() -> No
     """The protocol alone: hello, lend, exit, the same process's pidfd back (close-on-exec)."""
     import select
 
-    relay = _relay.Relay.start()
+    relay = relay_module.Relay.start()
     popen = subprocess.Popen(sh("read line; exit 9"), stdin=subprocess.PIPE)
     try:
         ready_at_start = relay.ready
@@ -139,20 +146,21 @@ def test_oldest_pidfds_go_to_the_relay_and_come_back_when_their_children_exit(
     eventually(lambda: _lent() >= 30 - ABOVE, what="the oldest pidfds to be lent")
     relay = psutil.Process(_relay_pid())
     assert relay.ppid() == os.getpid()
-    assert relay.cmdline()[-2].endswith("_relay.py")
+    assert relay.cmdline()[-2] == RELAY_SCRIPT
     # The relay takes the pidfds, and the engine closes its copies, just after lending them.
     eventually(lambda: pidfds_open() <= ABOVE, what="the lent pidfds to be closed here")
     eventually(lambda: pidfds_open(relay.pid) == _lent(), what="the relay to hold them")
     # The oldest went: the youngest are the ones still watched here.
-    lent_pids = {child.pid for child in _engine_now()._lent.values()}
-    assert lent_pids == {child.pid for child in children[: len(lent_pids)]}
+    lent = lent_pids()
+    assert lent == {child.pid for child in children[: len(lent)]}
 
     for child in reversed(children):
         _release(child)
     assert [child.wait(10).returncode for child in children] == list(range(30))
     assert _lent() == 0
     eventually(lambda: pidfds_open() == 0, what="the returned pidfds to be closed")
-    assert pidfds_open(relay.pid) == 0
+    # The relay closes its copy just after sending it back.
+    eventually(lambda: pidfds_open(relay.pid) == 0, what="the relay to close its copies")
     assert not zombie_children()
 
 
@@ -184,7 +192,8 @@ def test_signals_reach_a_lent_child_without_the_relay(reaper: Reaper) -> None:
     """terminate(), kill() and send_signal() work while the pidfd is away, relay stopped."""
     children = [_waiting(reaper, 0) for _ in range(8)]
     eventually(lambda: _lent() >= 8 - ABOVE, what="pidfds to be lent")
-    lent = list(_engine_now()._lent.values())[:3]
+    away = lent_pids()
+    lent = [child for child in children if child.pid in away][:3]
     relay_pid = _relay_pid()
     os.kill(relay_pid, signal.SIGSTOP)
     try:
@@ -247,13 +256,14 @@ def test_forkserver_sentinels_are_not_counted_nor_lent(reaper: Reaper) -> None:
     for worker in workers:
         worker.start()
     watched = [reaper.watch(worker) for worker in workers]
-    engine = _engine_now()
-    assert len(engine._by_fd) == len(workers)
+    engine = engine_now()
+    assert engine.monitors.sentinel.count() == len(workers)
+    assert engine.monitors.pidfd.count() == (0, 0)
     # Whatever lending pass a watch() asked for has run once this callback has.
     done = threading.Event()
     engine.call_soon(done.set)
     assert done.wait(10)
-    assert engine._relay is None
+    assert relay_pid() is None
     release.set()
     for worker in workers:
         worker.join(10)
@@ -271,12 +281,12 @@ def test_a_dead_relay_loses_nothing(reaper: Reaper, caplog: pytest.LogCaptureFix
             lambda: f"relay (pid {first}) exited, exit status -9" in caplog.text,
             what="the engine to notice and say so",
         )
-    assert _engine_now()._relay is None
+    assert relay_pid() is None
     assert _lent() == 0
     eventually(lambda: not pid_alive(first) and first not in {p.pid for p in zombie_children()})
     # Children started now are lent to a second relay.
     later = [_waiting(reaper, 70 + n) for n in range(10)]
-    eventually(lambda: _engine_now()._relay is not None and _lent() > 0, what="a new relay")
+    eventually(lambda: relay_pid() is not None and _lent() > 0, what="a new relay")
     assert _relay_pid() != first
     for child in children + later:
         _release(child)
@@ -309,7 +319,7 @@ def test_the_relay_starts_with_no_signal_blocked_or_ignored() -> None:
             children = [_waiting(reaper, 0) for _ in range(8)]
             eventually(lambda: _lent() > 0, what="pidfds to be lent")
             relay = _relay_pid()
-            reaping_thread = _engine_now().thread.native_id
+            reaping_thread = engine_now().thread.native_id
             thread_blocked = int(proc_status(f"self/task/{reaping_thread}")["SigBlk"], 16)
             assert thread_blocked & (1 << (signal.SIGTERM - 1))
 
@@ -337,7 +347,7 @@ def test_without_a_relay_the_pidfds_stay_here(
     with caplog.at_level(logging.WARNING, logger="zombiereaper"):
         children = [_waiting(reaper, n) for n in range(12)]
         eventually(lambda: "could not start its relay" in caplog.text, what="the warning")
-    assert _engine_now()._relay is None
+    assert relay_pid() is None
     assert pidfds_open() == 12
     for child in children:
         _release(child)
@@ -355,17 +365,17 @@ def test_a_relay_that_never_says_hello_is_killed_and_gets_nothing(
     host.write_text('#!/bin/sh\necho started > "$0.log"\nexec sleep 60\n')
     host.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(host))
-    monkeypatch.setattr(_engine.Engine, "relay_hello_timeout", 0.5)
+    set_relay_timing(monkeypatch, hello=0.5)
     with caplog.at_level(logging.WARNING, logger="zombiereaper"):
         children = [_waiting(reaper, n) for n in range(8)]
         eventually(lambda: "did not start within 0.5 s" in caplog.text, what="the warning")
     assert (tmp_path / "host.log").read_text() == "started\n"
-    assert _engine_now()._relay is None
+    assert relay_pid() is None
     assert _lent() == 0
     assert pidfds_open() == 8
     # No second attempt: more children than the threshold stay here too.
     more = [_waiting(reaper, n) for n in range(8, 12)]
-    assert _engine_now()._relay is None
+    assert relay_pid() is None
     for child in children + more:
         _release(child)
     assert [child.wait(10).returncode for child in children + more] == list(range(12))
@@ -399,7 +409,7 @@ def test_a_fork_while_the_relay_starts_does_not_keep_its_socket(
     holder: list[tuple[int, int]] = []
 
     def fork_first(args: Any, *rest: Any, **kwargs: Any) -> Any:
-        if "_relay.py" in " ".join(map(str, args)) and not holder:
+        if RELAY_SCRIPT in map(str, args) and not holder:
             _in_another_thread(lambda: holder.append(fork_waiting()))
         return real_popen(args, *rest, **kwargs)
 
@@ -458,23 +468,23 @@ def test_an_all_scope_sweep_while_the_relay_dies_leaves_it_alone(
 ) -> None:
     """Until the engine has reaped its dead relay, no all-scope sweep records or reaps it."""
     heard: list[int] = []
-    real_close = _relay.Relay.close
+    real_close = relay_module.Relay.close
     swept: list[list[int]] = []
 
     all_scope = Reaper(backend="pidfd", scope="all", grace=0, on_exit=lambda s: heard.append(s.pid))
 
-    def sweep_first(relay: _relay.Relay, **kwargs: Any) -> int | None:
+    def sweep_first(relay: relay_module.Relay, **kwargs: Any) -> int | None:
         _in_another_thread(lambda: swept.append([s.pid for s in all_scope.reap()]))
         return real_close(relay, **kwargs)
 
     with all_scope as reaper:
         children = [_waiting(reaper, 0) for _ in range(8)]
         relay = _started_relay()
-        monkeypatch.setattr(_relay.Relay, "close", sweep_first)
+        monkeypatch.setattr(relay_module.Relay, "close", sweep_first)
         with caplog.at_level(logging.WARNING, logger="zombiereaper"):
             os.kill(relay.pid, signal.SIGKILL)
             eventually(lambda: f"(pid {relay.pid}) exited" in caplog.text, what="the engine")
-        monkeypatch.setattr(_relay.Relay, "close", real_close)
+        monkeypatch.setattr(relay_module.Relay, "close", real_close)
         assert swept and relay.pid not in swept[0]
         for child in children:
             _release(child)
@@ -490,7 +500,7 @@ def test_the_all_scope_leaves_the_relay_alone() -> None:
         eventually(lambda: _lent() > 0, what="pidfds to be lent")
         relay = _relay_pid()
         reaper.reap()
-        _engine_now().sweep_all_scope(skip_grace=True)
+        engine_now().sweep_all_scope(skip_grace=True)
         assert pid_alive(relay)
         assert reaper.status(relay) is None
         for child in children:
@@ -503,7 +513,7 @@ def test_a_forked_child_drops_the_relay_and_starts_its_own(reaper: Reaper) -> No
     """After os.fork() the child has no copy of the relay socket and lends to a relay of its own."""
     children = [_waiting(reaper, 0) for _ in range(8)]
     eventually(lambda: _lent() > 0, what="pidfds to be lent")
-    relay = _engine_now()._relay
+    relay = _relay_object()
     assert relay is not None
     socket_fd = relay.fileno()
     read_end, write_end = os.pipe()
@@ -531,7 +541,7 @@ def test_a_forked_child_drops_the_relay_and_starts_its_own(reaper: Reaper) -> No
     report = json.loads(read_fork_report(read_end, pid))
     assert report == {"socket": None, "relay_parent": pid, "codes": [5] * 8}
     # The parent's relay still serves the parent.
-    assert _engine_now()._relay is relay
+    assert _relay_object() is relay
     for child in children:
         _release(child)
     assert all(child.wait(10).returncode == 0 for child in children)
@@ -550,8 +560,8 @@ def test_a_relay_out_of_descriptors_refuses_and_nothing_is_lost(
     with caplog.at_level(logging.WARNING, logger="zombiereaper"):
         children = first + [_waiting(reaper, n) for n in range(ABOVE + 1, 40)]
         eventually(lambda: "ran out of descriptors" in caplog.text, what="the relay to refuse")
-    assert _engine_now()._relay_full
-    assert len(_engine_now()._swept) > 0
+    assert engine_now().monitors.pidfd._relay_full
+    assert engine_now().monitors.sweep.count() > 0
     assert pidfds_open(relay.pid) < 16
     for child in children:
         _release(child)

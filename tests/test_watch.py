@@ -291,4 +291,4 @@ def test_a_refused_watch_leaves_no_trace() -> None:
             reaper.watch(1)
         engine = _engine.current()
         assert engine is not None
-        assert engine.owned_child(1) is None
+        assert engine.owned_watch(1) is None

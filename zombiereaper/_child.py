@@ -1,4 +1,9 @@
-"""Child: the handle to one child process that a Reaper owns."""
+"""Child: the handle to one child process that a Reaper owns.
+
+A Child reads its Watch (zombiereaper._watch) and asks the engine to settle or signal it; it
+never settles itself. :func:`on_settled` and :func:`stop_children` are the internal interface
+that supervision and the init build on.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,10 @@ import functools
 import math
 import os
 import signal
-import threading
 import time
 from typing import TYPE_CHECKING, Any, Self
 
+from . import _engine
 from ._errors import (
     NotOurChildError,
     ReaperError,
@@ -17,7 +22,6 @@ from ._errors import (
     WaitTimeout,
     warn_at_caller,
 )
-from ._owners import PopenOwner, ProcessOwner
 
 if TYPE_CHECKING:
     import asyncio
@@ -27,9 +31,12 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ._engine import Engine
-    from ._owners import Owner
-    from ._reaper import Reaper
     from ._status import ExitStatus
+    from ._watch import Watch
+
+#: While stopping children, how often those not yet reported are checked directly: their
+#: exit must be seen even if what normally reports it (the relay) is stuck (issue 11, race 7).
+_STOP_CHECK_INTERVAL = 0.1
 
 
 class Child:
@@ -48,86 +55,56 @@ class Child:
         args: The command it runs (Popen's ``args``), a Process's name, or None for a bare pid.
     """
 
-    def __init__(self, reaper: Reaper, engine: Engine, owner: Owner) -> None:
-        self.pid = owner.pid
-        self.args = owner.args
-        self._owner = owner
-        self._reaper = reaper
+    def __init__(
+        self,
+        watch: Watch,
+        engine: Engine,
+        *,
+        args: Any,
+        popen: subprocess.Popen[Any] | None = None,
+        process: multiprocessing.process.BaseProcess | None = None,
+        stop_timeout: float,
+    ) -> None:
+        self.pid = watch.pid
+        self.args = args
+        self._watch = watch
         self._engine = engine
+        self._popen = popen
+        self._process = process
+        self._stop_timeout = stop_timeout
         self._owner_pid = os.getpid()
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._settled = False
-        self._status: ExitStatus | None = None
-        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._done_callbacks: list[Callable[[Child], object]] = []
 
     # --- state ----------------------------------------------------------------------------
 
     @property
     def popen(self) -> subprocess.Popen[Any] | None:
         """The :class:`subprocess.Popen` of the child, or None if it was not started by one."""
-        owner = self._owner
-        return owner.popen if isinstance(owner, PopenOwner) else None
+        return self._popen
 
     @property
     def process(self) -> multiprocessing.process.BaseProcess | None:
         """The :class:`multiprocessing.Process` watched, or None."""
-        owner = self._owner
-        return owner.process if isinstance(owner, ProcessOwner) else None
-
-    def _owner_object(self) -> object:
-        """The Popen or Process behind the child, or None."""
-        return self.popen or self.process
+        return self._process
 
     @property
     def status(self) -> ExitStatus | None:
         """How the child ended, or None while it runs (or when its status was lost)."""
-        return self._status
+        watch = self._watch
+        return watch.outcome if watch.settled else None
 
     @property
     def returncode(self) -> int | None:
         """The ``subprocess``-style return code (-N for signal N), or None while it runs."""
-        status = self._status
+        status = self.status
         return None if status is None else status.returncode
 
     @property
     def running(self) -> bool:
         """Whether the child has not been reaped yet."""
-        return not self._settled
-
-    def _settle(self, status: ExitStatus | None) -> None:
-        """Record the outcome (the engine calls this with ``_lock`` held)."""
-        self._settled = True
-        self._status = status
-
-    def _finish(self) -> None:
-        """Wake every waiter, threads and event loops (the engine calls this once recorded)."""
-        self._done.set()
-        with self._lock:
-            waiters, self._async_waiters = self._async_waiters, []
-            callbacks, self._done_callbacks = self._done_callbacks, []
-        for callback in callbacks:
-            self._engine.call_soon(functools.partial(callback, self))
-        for loop, future in waiters:
-            try:
-                loop.call_soon_threadsafe(_wake_future, future)
-            except RuntimeError:
-                pass  # that event loop is closed: nobody is left to wake
-
-    def _add_done_callback(self, callback: Callable[[Child], object]) -> None:
-        """Call ``callback(child)`` on the reaping thread once the child is settled."""
-        with self._lock:
-            if not self._done.is_set():
-                self._done_callbacks.append(callback)
-                return
-        self._engine.call_soon(functools.partial(callback, self))
+        return not self._watch.settled
 
     def _result(self) -> ExitStatus:
-        status = self._status
-        if status is None:
-            raise StatusLostError(self.pid)
-        return status
+        return _result(self._watch)
 
     def _check_process(self) -> None:
         if os.getpid() != self._owner_pid:
@@ -149,9 +126,12 @@ class Child:
             StatusLostError: Other code reaped the child and took its status.
         """
         self._check_process()
-        if not self._settled:
-            self._engine.settle(self)
-            if not self._settled:
+        watch = self._watch
+        if not watch.settled:
+            # Settled under the watch's lock, by this call or another: either way, once the
+            # call returns, a settled watch has its outcome recorded.
+            self._engine.settle(watch)
+            if not watch.settled:
                 return None
         return self._result()
 
@@ -171,16 +151,7 @@ class Child:
                 itself.
         """
         self._check_process()
-        if not self._done.is_set():
-            if threading.current_thread() is self._engine.thread:
-                raise ReaperError(
-                    f"wait() for pid {self.pid} was called on the reaping thread (from on_exit?), "
-                    "which would wait for itself; use child.poll() there, or wait from another "
-                    "thread"
-                )
-            if not self._done.wait(finite_or_none(timeout)):
-                raise WaitTimeout(self.pid, 0.0 if timeout is None else timeout)
-        return self._result()
+        return wait_for_watch(self._watch, timeout)
 
     async def wait_async(self) -> ExitStatus:
         """Wait, in a running event loop, until the child exits, and return its status.
@@ -195,54 +166,30 @@ class Child:
         Raises:
             StatusLostError: Other code reaped the child and took its status.
         """
-        import asyncio  # noqa: PLC0415 - importing asyncio costs more than all of zombiereaper
-
         self._check_process()
-        if not self._done.is_set():
-            loop = asyncio.get_running_loop()
-            future: asyncio.Future[None] = loop.create_future()
-            waiter = (loop, future)
-            with self._lock:
-                # Checked under the lock that _finish() takes to collect the waiters, so the
-                # wakeup cannot fall between the check and the registration.
-                if not self._done.is_set():
-                    self._async_waiters.append(waiter)
-                else:
-                    future.set_result(None)
-            try:
-                await future
-            finally:
-                with self._lock:
-                    if waiter in self._async_waiters:
-                        self._async_waiters.remove(waiter)
-        return self._result()
+        return await wait_for_watch_async(self._watch)
 
     # --- signals ----------------------------------------------------------------------------
 
     def send_signal(self, sig: int, *, group: bool = False) -> None:
         """Send ``sig`` to the child; do nothing if it has already been reaped.
 
+        The signal goes through the child's pidfd, or through its pid only while its start
+        time proves that the pid is still the child's: it never reaches a process that took
+        the pid after the child was reaped, by the Reaper or by the child's own ``wait()``.
+
         Args:
             sig: The signal number.
             group: Send it to the child's whole process group instead (the group whose id is
                 the child's pid, as ``process_group=0`` or ``start_new_session=True`` make it).
-                Until the child is reaped its pid cannot be reused, so neither can the group id.
+                On Linux 6.9+ this goes through the pidfd, so it reaches the child's group
+                even once the child itself has exited, and never another group.
 
         Raises:
             NotOurChildError: Called in a forked process, where this pid is not a child.
         """
         self._check_process()
-        with self._lock:
-            if self._settled:
-                return
-            try:
-                if group:
-                    os.killpg(self.pid, sig)
-                else:
-                    self._owner.send_signal(sig)
-            except ProcessLookupError:
-                # Its own waiter in another thread reaped it a moment ago: nothing to signal.
-                pass
+        self._engine.send_signal(self._watch, sig, group=group)
 
     def terminate(self) -> None:
         """Send SIGTERM to the child (nothing if it has already been reaped)."""
@@ -262,25 +209,17 @@ class Child:
         Returns:
             The exit status (already there if the child had exited).
 
+        Raises:
+            StatusLostError: Other code reaped the child and took its status.
+
         Warns:
             RuntimeWarning: The child ignored SIGTERM and was killed.
         """
-        grace = self._reaper.stop_timeout if timeout is None else timeout
         status = self.poll()
         if status is not None:
             return status
-        self.terminate()
-        try:
-            return self.wait(grace)
-        except WaitTimeout:
-            self.kill()
-            status = self.wait()
-            # Warned only once it is reaped: with warnings turned into errors, a warning sent
-            # before the SIGKILL would leave the child running.
-            warn_at_caller(
-                f"pid {self.pid} still ran {grace:g} s after SIGTERM; sent SIGKILL", RuntimeWarning
-            )
-            return status
+        stop_children([self], self._stop_timeout if timeout is None else timeout)
+        return self._result()
 
     # --- protocol ---------------------------------------------------------------------------
 
@@ -293,21 +232,73 @@ class Child:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._settled:
+        if self.running:
             self.stop()
 
     def __repr__(self) -> str:
-        if not self._settled:
+        watch = self._watch
+        if not watch.settled:
             state = "running"
-        elif self._status is None:
+        elif watch.outcome is None:
             state = "status lost"
         else:
-            state = self._status.outcome
+            state = watch.outcome.outcome
         return f"<Child pid={self.pid} {state}>"
+
+
+def wait_for_watch(watch: Watch, timeout: float | None) -> ExitStatus:
+    """Block until ``watch`` is settled; see :meth:`Child.wait`."""
+    if not watch.settled:
+        if _engine.is_reaping_thread():
+            raise ReaperError(
+                f"wait() for pid {watch.pid} was called on the reaping thread (from on_exit?), "
+                "which would wait for itself; use child.poll() there, or wait from another "
+                "thread"
+            )
+        if not watch.wait(finite_or_none(timeout)):
+            raise WaitTimeout(watch.pid, 0.0 if timeout is None else timeout)
+    return _result(watch)
+
+
+async def wait_for_watch_async(watch: Watch) -> ExitStatus:
+    """Await, in a running event loop, until ``watch`` is settled; see :meth:`Child.wait_async`."""
+    import asyncio  # noqa: PLC0415 - importing asyncio costs more than all of zombiereaper
+
+    if not watch.settled:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        # Added under the lock that settling holds while it wakes the waiters, so the wakeup
+        # cannot fall between the check and the registration.
+        if watch.add_async_waiter(loop, future):
+            try:
+                await future
+            finally:
+                watch.remove_async_waiter(loop, future)
+    return _result(watch)
+
+
+def _result(watch: Watch) -> ExitStatus:
+    status = watch.outcome
+    if status is None:
+        raise StatusLostError(watch.pid)
+    return status
+
+
+def on_settled(child: Child, callback: Callable[[Child], object]) -> None:
+    """Call ``callback(child)`` on the reaping thread once ``child`` is settled.
+
+    Runs after the Reaper has recorded the outcome and woken the waiters, once per call; an
+    exception from it is logged. Supervision and the init are built on this.
+    """
+    child._engine.on_settled(child._watch, functools.partial(callback, child))
 
 
 def stop_children(children: Sequence[Child], timeout: float) -> None:
     """Stop ``children`` together: SIGTERM to all, one shared wait, SIGKILL to the rest.
+
+    Children not yet reported settled are also checked directly while waiting, so that an
+    exit is seen even when what normally reports it is stuck: nothing here waits on the relay
+    (issue 11, race 7), and a child that has exited is never called one that "still ran".
 
     Warns:
         RuntimeWarning: Some ignored SIGTERM and were killed (sent once all are reaped: with
@@ -318,16 +309,13 @@ def stop_children(children: Sequence[Child], timeout: float) -> None:
         return
     for child in children:
         child.terminate()
-    deadline = time.monotonic() + timeout
-    for child in children:
-        child._done.wait(finite_or_none(deadline - time.monotonic()))
-    stubborn = [child for child in children if not child._done.is_set()]
+    _wait_for(children, time.monotonic() + timeout)
+    stubborn = [child for child in children if not child._watch.settled]
     if not stubborn:
         return
     for child in stubborn:
         child.kill()
-    for child in stubborn:
-        child._done.wait()
+    _wait_for(stubborn, None)
     warn_at_caller(
         f"{len(stubborn)} child(ren) still ran {timeout:g} s after SIGTERM "
         f"(pids {', '.join(str(child.pid) for child in stubborn)}); sent SIGKILL",
@@ -335,13 +323,24 @@ def stop_children(children: Sequence[Child], timeout: float) -> None:
     )
 
 
+def _wait_for(children: Sequence[Child], deadline: float | None) -> None:
+    """Wait until every child is settled or ``deadline`` (time.monotonic) has passed."""
+    pending = list(children)
+    while pending:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return
+        step = _STOP_CHECK_INTERVAL if remaining is None else min(remaining, _STOP_CHECK_INTERVAL)
+        if pending[0]._watch.wait(step):
+            pending.pop(0)
+            continue
+        for child in pending:
+            child._engine.settle(child._watch)
+        pending = [child for child in pending if not child._watch.settled]
+
+
 def finite_or_none(timeout: float | None) -> float | None:
     """A timeout that threading accepts: infinity means no timeout at all."""
     if timeout is None or math.isinf(timeout):
         return None
     return max(0.0, timeout)
-
-
-def _wake_future(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

@@ -1,102 +1,83 @@
 """The reaping engine: one thread per process, shared by every installed Reaper.
 
-Data flows one way: a backend notices an exit (a pidfd turns readable, or a SIGCHLD wakeup or
-the safety timer sweeps the pids watched by the sigchld backend) -> the engine reaps the child
-through its owner's machinery -> the owning Reaper records the status -> the Child's waiters,
-and ``on_exit`` on this thread, learn of it.
+Data flows one way::
+
+    backend notices  ->  engine reaps  ->  sink records  ->  waiters, then callbacks, learn
+    (pidfd readable,     (Engine.settle:    (the Reaper's     (Child.wait, wait_async,
+     SIGCHLD sweep,       the source reads   registry and     on_exit, done callbacks on
+     relay, sentinel)     and reaps under    live set)        the reaping thread)
+                          the watch's lock)
+
+A Reaper registers each child with :meth:`Engine.register`, giving the source that reads and
+reaps it (zombiereaper._owners) and the sink its outcome goes to; it gets a
+:class:`~zombiereaper._watch.Watch` back, fully registered. The engine never imports or
+touches a Child or a Reaper: it calls the sink, and hands are read from the Watch.
+:meth:`Engine._conclude` is the one place where a child becomes settled.
 
 The engine reaps the pids it was given one by one, and never calls waitpid(-1). When an
 all-scope Reaper is installed, the same thread also runs its sweep (zombiereaper._orphans),
 which finds the other zombie children through /proc and leaves owned ones alone.
-
-Past :attr:`Engine.relay_above` pidfds, the engine lends the oldest to the relay
-(zombiereaper._relay), a helper process, so that forks in this process stop paying for
-thousands of descriptors; the relay hands each one back when its child exits.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
 import os
 import select
-import sys
 import threading
 import time
-import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-from . import _relay, _sighandler
-from ._backends.pidfd import PidfdNotifier
+from . import _fds, _sighandler
+from ._backends import Monitors
+from ._backends.sigchld import SweepSchedule
 from ._errors import ReaperError
 from ._orphans import Ownership
-from ._owners import Running
+from ._watch import Known, Running, Watch
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from ._backends import BackendName
-    from ._child import Child
     from ._orphans import AllScope
-    from ._reaper import Reaper
     from ._status import ExitStatus
+    from ._watch import Sink, Source
 
 logger = logging.getLogger("zombiereaper")
 
-#: How often the sigchld backend sweeps even without a wakeup: a Python-level SIGCHLD handler
-#: cannot run while the main thread sits in a long C call, so the timer is what bounds the delay.
-SAFETY_SWEEP_INTERVAL: Final = 0.1
+_EPOLL_MAX_EVENTS = 256
 
-#: The first pause after a sweep triggered by a wakeup that found nothing. It doubles while
-#: wakeups keep finding nothing, up to SAFETY_SWEEP_INTERVAL, so a storm of spurious SIGCHLD
-#: cannot spin a core (go-reap PR #1); a sweep that finds an exit resets it.
-_FIRST_QUIET_PERIOD: Final = 0.001
-
-_EPOLL_MAX_EVENTS: Final = 256
-
-#: After this many relays died or could not start, the engine keeps its pidfds itself.
-_RELAY_ATTEMPTS: Final = 3
+#: After a failure of the loop itself, pause this long so that one that repeats cannot spin.
+_FAILURE_PAUSE = 0.1
 
 
 class Engine:
     """The reaping thread and what it watches; use :func:`acquire` and :func:`release`."""
 
-    #: Holding more pidfds than this, the engine lends the oldest to the relay, down to
-    #: :attr:`relay_keep`. Forks copy the descriptor table: a few hundred entries cost
-    #: little, thousands double the cost of a Popen (see docs/performance.md).
-    relay_above: int = 256
-    #: How many pidfds (the youngest) stay in this process after a lending round.
-    relay_keep: int = 128
-    #: Seconds a new relay has to say hello before it is killed and no other is started.
-    relay_hello_timeout: float = 10.0
-
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._wake_read, _ = _sighandler.wakeup_fds()
-        self._epoll: select.epoll | None = select.epoll() if hasattr(select, "epoll") else None
-        if self._epoll is not None:
+        self._epoll: select.epoll | None = None
+        if hasattr(select, "epoll"):
+            with _fds.step():
+                self._epoll = select.epoll()
+                _fds.track(self._epoll.fileno(), self._epoll.close)
+            self._epoll_born = _fds.generation()
             self._epoll.register(self._wake_read, select.EPOLLIN)
-        self._by_fd: dict[int, Child] = {}
-        self._swept: set[Child] = set()
-        #: pid -> Child for every child watched: the all-scope sweep leaves these alone.
-        self._by_pid: dict[int, Child] = {}
-        #: token -> Child whose pidfd the relay holds (see zombiereaper._relay).
-        self._lent: dict[int, Child] = {}
-        #: How many of _by_fd are our pidfds, which can be lent (the rest are forkserver
-        #: workers' sentinels, which belong to their Process).
-        self._pidfds_here = 0
-        self._tokens = itertools.count(1)
-        self._relay: _relay.Relay | None = None
-        self._relay_attempts = 0
-        #: The relay ran out of descriptors once: lend it nothing more (until another starts).
-        self._relay_full = False
-        self._lending_asked = False
+        #: fd -> what to run on the reaping thread when it is readable.
+        self._readers: dict[int, Callable[[], object]] = {}
+        #: pid -> Watch for every child watched: the all-scope sweep leaves these alone.
+        self._by_pid: dict[int, Watch] = {}
+        self._closed = False
         self._all_scope: AllScope | None = None
         self._all_deadline: float | None = None
+        self._all_schedule = SweepSchedule(time.monotonic())
         #: spawn() calls between their fork and the registration of the child's pid: until
         #: then the new child looks like nobody's to the all-scope sweep.
         self._spawning = 0
@@ -106,114 +87,93 @@ class Engine:
         self._timer_numbers = itertools.count()
         self._users = 0
         self._stopping = False
-        _sighandler.wake_on_sigchld = False
         self._thread = threading.Thread(target=self._run, name="zombiereaper", daemon=True)
-        #: Sweeps of the sigchld-watched children so far (read by tests of the storm guard).
-        self.sweeps = 0
+        self.monitors = Monitors(self)
+        _sighandler.wake_on_sigchld = False
 
-    # --- what the rest of the library calls -------------------------------------------------
+    # --- what Reapers and Children call -------------------------------------------------------
 
     @property
     def thread(self) -> threading.Thread:
         """The reaping thread."""
         return self._thread
 
-    def watch(self, child: Child, backend: BackendName) -> None:
-        """Start watching ``child`` for its exit (settling it at once if it is already known).
+    def register(
+        self, source: Source, sink: Sink, backend: BackendName, *, fresh: bool = False
+    ) -> Watch:
+        """Watch the child ``source`` names; return its Watch once it is fully registered.
+
+        When the child's owner already has its status, the Watch comes back settled. The
+        sink hears of the outcome, whichever thread settles it.
+
+        Args:
+            source: Reads, reaps and signals the child (zombiereaper._owners).
+            sink: Where the outcome goes.
+            backend: How to notice the exit.
+            fresh: The child has just been started, so any other Watch of its pid names a
+                process that is gone (reaped by someone else, its pid reused).
 
         Raises:
-            ChildProcessError: The child's owner cannot account for its pid.
+            ChildProcessError: The source cannot account for the pid (not our child).
+            ReaperError: Another Reaper watches the same child, or the engine has stopped.
         """
-        with self._lock:
-            self._by_pid[child.pid] = child
+        watch = Watch(source, sink)
+        self._claim_pid(watch, fresh=fresh)
         try:
-            notifier = child._owner.open_notifier(backend)
+            opened = source.open(backend)
         except BaseException:
-            with self._lock:
-                if self._by_pid.get(child.pid) is child:
-                    del self._by_pid[child.pid]
+            self._release_pid(watch)
             raise
-        if notifier is None:
-            # The owner has the status already (its Popen or Process reaped it).
-            self.settle(child)
-            return
-        fd = notifier.fileno
-        with self._lock:
-            if fd is None or self._epoll is None:
-                self._swept.add(child)
-                self._update_sigchld_need()
-                lend = None
-            else:
-                self._by_fd[fd] = child
-                self._epoll.register(fd, select.EPOLLIN)
-                self._pidfds_here += isinstance(notifier, PidfdNotifier)
-                lend = self._pidfds_here > self.relay_above and not self._lending_asked
-                self._lending_asked |= lend
-        if lend is None:
-            # A SIGCHLD that came before the child was in the swept set woke nobody for it.
-            _sighandler.wake()
-        elif lend:
-            self.call_soon(self._lend_oldest)
+        if isinstance(opened, Known):
+            with watch.lock:
+                self._conclude(watch, opened.outcome)
+            return watch
+        watch.notice = opened
+        self.monitors.add(watch)
+        return watch
 
-    def call_soon(self, callback: Callable[[], object]) -> None:
-        """Run ``callback`` on the reaping thread."""
-        self._callbacks.append(callback)
-        if threading.current_thread() is not self._thread:
-            _sighandler.wake()
+    def settle(self, watch: Watch) -> bool:
+        """Settle ``watch`` now if its child has exited; safe from any thread.
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        """Run ``callback`` on the reaping thread in ``delay`` seconds (unless cancelled)."""
-        timer = Timer(time.monotonic() + max(0.0, delay), next(self._timer_numbers), callback)
-        with self._lock:
-            heapq.heappush(self._timers, timer)
-        if threading.current_thread() is not self._thread:
-            _sighandler.wake()
-        return timer
-
-    def settle(self, child: Child) -> bool:
-        """Reap ``child`` now if it has exited, through its owner's machinery.
-
-        Safe from any thread; returns whether this call settled the child.
+        Returns:
+            Whether this call settled it.
         """
-        with child._lock:
-            if child._settled:
+        with watch.lock:
+            if not watch.watching or watch.notice is None:
                 return False
-            outcome = child._owner.read_exit()
+            outcome = watch.source.read_exit(watch.notice)
             if isinstance(outcome, Running):
                 return False
-            self._forget(child)
-            child._settle(outcome)
-        child._reaper._child_exited(child, outcome)
-        with self._lock:
-            # Dropped only once its Reaper has recorded the status: until then an all-scope
-            # wait(pid) must find this Child, which has it.
-            if self._by_pid.get(child.pid) is child:
-                del self._by_pid[child.pid]
-        child._finish()
+            self._conclude(watch, outcome)
         return True
 
-    def helper_pids(self) -> frozenset[int]:
-        """Pids of the engine's own helper processes (the relay), which it reaps itself."""
-        relay = self._relay
-        return frozenset() if relay is None else frozenset({relay.pid})
+    def send_signal(self, watch: Watch, sig: int, *, group: bool = False) -> bool:
+        """Signal ``watch``'s child (``group``: its process group) unless it is settled.
 
-    def owned_child(self, pid: int) -> Child | None:
-        """The live Child that an installed Reaper owns for ``pid``, if any."""
+        Under the watch's lock, so nothing of ours reaps it meanwhile; the source makes sure
+        that a process that took the pid is never reached.
+
+        Returns:
+            Whether a signal was sent.
+        """
+        with watch.lock:
+            if not watch.watching or watch.notice is None:
+                return False
+            return watch.source.send_signal(watch.notice, sig, group)
+
+    def on_settled(self, watch: Watch, callback: Callable[[], object]) -> None:
+        """Call ``callback`` on the reaping thread once ``watch`` is settled (soon, if it is)."""
+        if not watch.add_done_callback(callback):
+            self.call_soon(callback)
+
+    def owned_watch(self, pid: int) -> Watch | None:
+        """The live Watch of ``pid``, if an installed Reaper owns it."""
         with self._lock:
             return self._by_pid.get(pid)
 
-    def _update_sigchld_need(self) -> None:
-        """Tell the SIGCHLD handler whether a signal must wake us (with ``_lock`` held)."""
-        _sighandler.wake_on_sigchld = bool(self._swept) or self._all_scope is not None
-
-    def _ownership(self) -> Ownership:
-        with self._lock:
-            return Ownership(
-                owned=frozenset(self._by_pid) | self.helper_pids(),
-                our_pidfds=frozenset(self._by_fd),
-                spawning=self._spawning,
-                spawns=self._spawns,
-            )
+    def helper_pids(self) -> frozenset[int]:
+        """Pids of the engine's own helper processes (the relay), which it reaps itself."""
+        return self.monitors.helper_pids()
 
     @contextlib.contextmanager
     def spawning(self) -> Iterator[None]:
@@ -227,8 +187,139 @@ class Engine:
             with self._lock:
                 self._spawning -= 1
 
+    # --- settling: the one place -------------------------------------------------------------
+
+    def _conclude(self, watch: Watch, outcome: ExitStatus | None) -> None:
+        """Settle ``watch`` with ``outcome`` (its lock held): record, wake, call back, forget.
+
+        The order is the protocol, written once:
+
+        1. record: the sink stores the outcome (the Reaper's registry, its live set) while
+           the Watch says "settling", so a waiter woken next already finds the record;
+        2. wake: the Watch turns settled, and its Events and futures resolve;
+        3. callbacks: ``on_exit`` and done callbacks are queued for the reaping thread, never
+           run here (this may be a user's thread calling poll(), holding the lock), and there
+           a BaseException from one is logged and reaping goes on (issue 11, race 3);
+        4. forget: the backend stops watching, the pidfd is closed, and only now the pid
+           leaves the owned set, so the all-scope sweep cannot take it for nobody's child
+           while it is being recorded.
+        """
+        watch.begin_settling(outcome)
+        try:
+            watch.sink.record(watch)
+        finally:
+            callbacks = watch.finish_settling()
+            self.call_soon(functools.partial(self._announce, watch, callbacks))
+            self._forget(watch)
+
+    def _announce(self, watch: Watch, callbacks: list[Callable[[], object]]) -> None:
+        self._call_logged(functools.partial(watch.sink.announce, watch))
+        for callback in callbacks:
+            self._call_logged(callback)
+
+    def _forget(self, watch: Watch) -> None:
+        monitor = watch.monitor
+        if monitor is not None:
+            monitor.remove(watch)
+        notice = watch.notice
+        if notice is not None:
+            notice.close()
+        self._release_pid(watch)
+
+    def _claim_pid(self, watch: Watch, *, fresh: bool) -> None:
+        """List ``watch`` as the owner of its pid, settling a stale Watch of the pid first."""
+        with self._lock:
+            if self._closed:
+                raise ReaperError("the reaping engine has stopped; install a Reaper again")
+            old = self._by_pid.get(watch.pid)
+            if old is None:
+                self._by_pid[watch.pid] = watch
+                return
+        # The pid is listed already. A settled child leaves the list just after recording,
+        # and a child whose status a stranger stole stays listed until its pid is checked.
+        self.settle_now(old)
+        if old.watching and fresh:
+            # The new child has the pid: the old process is gone for sure (its status taken
+            # by a blanket wait, the pid reused). Its owner may still have the status.
+            with old.lock:
+                if old.watching:
+                    self._conclude(old, old.source.read_gone())
+        with self._lock:
+            current = self._by_pid.get(watch.pid)
+            if current is not None and current.watching:
+                raise ReaperError(
+                    f"pid {watch.pid} is already watched by another Reaper in this process, "
+                    "which reaps it and records its status; wait for it there (a Reaper with "
+                    "scope='all' can wait(pid) for any child)"
+                )
+            self._by_pid[watch.pid] = watch
+
+    def _release_pid(self, watch: Watch) -> None:
+        with self._lock:
+            if self._by_pid.get(watch.pid) is watch:
+                del self._by_pid[watch.pid]
+
+    # --- the loop, as the backends see it (zombiereaper._backends.loop.Loop) --------------
+
+    @property
+    def has_poller(self) -> bool:
+        """Whether descriptors can be watched (epoll)."""
+        return self._epoll is not None
+
+    def add_reader(self, fd: int, on_ready: Callable[[], object]) -> None:
+        """Call ``on_ready`` on the reaping thread whenever ``fd`` is readable."""
+        with self._lock:
+            if self._closed or self._epoll is None:
+                return  # stopped: whatever is still watched is settled by polling it
+            self._readers[fd] = on_ready
+            self._epoll.register(fd, select.EPOLLIN)
+
+    def remove_reader(self, fd: int) -> None:
+        """Stop watching ``fd`` (before it is closed or handed over)."""
+        with self._lock:
+            if self._readers.pop(fd, None) is None or self._closed or self._epoll is None:
+                return
+            try:
+                self._epoll.unregister(fd)
+            except OSError:
+                pass  # closed already (EBADF): the kernel dropped it from the set
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` on the reaping thread."""
+        self._callbacks.append(callback)
+        if threading.current_thread() is not self._thread:
+            _sighandler.wake()
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
+        """Run ``callback`` on the reaping thread in ``delay`` seconds (unless cancelled)."""
+        timer = Timer(time.monotonic() + max(0.0, delay), next(self._timer_numbers), callback)
+        with self._lock:
+            heapq.heappush(self._timers, timer)
+        if threading.current_thread() is not self._thread:
+            _sighandler.wake()
+        return timer
+
+    def sweep_needed(self) -> None:
+        """Tell the SIGCHLD handler whether a signal must wake us."""
+        with self._lock:
+            self._update_sigchld_need()
+
+    def _update_sigchld_need(self) -> None:
+        _sighandler.wake_on_sigchld = self.monitors.sweep.active or self._all_scope is not None
+
+    def settle_now(self, watch: Watch) -> bool:
+        """Settle ``watch`` if it has exited, logging a failure instead of raising it."""
+        try:
+            return self.settle(watch)
+        except Exception:
+            # A failure to reap one child must not stop the thread that reaps all the others.
+            logger.exception("zombiereaper could not reap pid %d", watch.pid)
+            return False
+
+    # --- the all scope ------------------------------------------------------------------------
+
     def attach_all_scope(self, scope: AllScope) -> None:
-        """Start sweeping for every zombie child on behalf of ``scope``'s Reaper.
+        """Start sweeping for every zombie child on behalf of ``scope``.
 
         Raises:
             ReaperError: Another all-scope Reaper is installed.
@@ -268,71 +359,78 @@ class Engine:
         if only is None:
             self._all_deadline = deadline
         for status in recorded:
-            scope.reaper._record_foreign(status, self)
+            # Record, then call back: the same order as for an owned child.
+            scope.sink.record(status)
+            self.call_soon(functools.partial(scope.sink.announce, status))
         return recorded
+
+    def _ownership(self) -> Ownership:
+        with self._lock:
+            return Ownership(
+                owned=frozenset(self._by_pid) | self.helper_pids(),
+                our_fds=_fds.snapshot(),
+                spawning=self._spawning,
+                spawns=self._spawns,
+            )
 
     # --- the thread ---------------------------------------------------------------------------
 
-    def _forget(self, child: Child) -> None:
-        notifier = child._owner.notifier
-        if notifier is None:
-            return
-        fd = notifier.fileno
-        with self._lock:
-            if fd is not None and self._by_fd.pop(fd, None) is not None and self._epoll is not None:
-                self._epoll.unregister(fd)
-                self._pidfds_here -= isinstance(notifier, PidfdNotifier)
-            if isinstance(notifier, PidfdNotifier) and notifier.lent_as is not None:
-                # The relay hands the pidfd back when the child exits; nobody will take it.
-                self._lent.pop(notifier.lent_as, None)
-            self._swept.discard(child)
-            self._update_sigchld_need()
-        notifier.close()
-
     def _run(self) -> None:
-        now = time.monotonic()
-        owned_schedule = _SweepSchedule(now)
-        all_schedule = _SweepSchedule(now)
         while not self._stopping:
             try:
-                self._run_once(owned_schedule, all_schedule)
-            except Exception:
+                self._run_once()
+            except BaseException:
                 # The thread that reaps every child must outlive any one failure; the pause
                 # keeps a failure that repeats from spinning a core.
                 logger.exception("zombiereaper's reaping loop failed; going on")
-                time.sleep(SAFETY_SWEEP_INTERVAL)
+                time.sleep(_FAILURE_PAUSE)
         self._run_callbacks()
         self._close()
 
-    def _run_once(self, owned_schedule: _SweepSchedule, all_schedule: _SweepSchedule) -> None:
+    def _run_once(self) -> None:
+        sweep = self.monitors.sweep
         now = time.monotonic()
-        timeouts = []
-        if self._swept:
-            timeouts.append(owned_schedule.timeout(now))
+        timeouts = [sweep.timeout(now)]
         if self._all_scope is not None:
-            timeouts.append(all_schedule.timeout(now))
+            timeouts.append(self._all_schedule.timeout(now))
             if self._all_deadline is not None:
                 timeouts.append(max(0.0, self._all_deadline - now))
         if self._timers:
             timeouts.append(max(0.0, self._timers[0].deadline - now))
-        woken, ready = self._wait(min(timeouts, default=None))
+        woken = self._wait(min((t for t in timeouts if t is not None), default=None))
         if self._stopping:
             return
-        for child in ready:
-            self._settle_logged(child)
         now = time.monotonic()
         if woken:
-            owned_schedule.note_wakeup()
-            all_schedule.note_wakeup()
-        if owned_schedule.is_due(now):
-            owned_schedule.record_sweep(now, found=self._sweep() if self._swept else 0)
+            sweep.note_wakeup()
+            self._all_schedule.note_wakeup()
+        sweep.sweep_if_due(now)
         if self._all_scope is not None and (
-            all_schedule.is_due(now)
+            self._all_schedule.is_due(now)
             or (self._all_deadline is not None and now >= self._all_deadline)
         ):
-            all_schedule.record_sweep(now, found=len(self.sweep_all_scope()))
+            self._all_schedule.record_sweep(now, found=len(self.sweep_all_scope()))
         self._run_due_timers(now)
         self._run_callbacks()
+
+    def _wait(self, timeout: float | None) -> bool:
+        """Wait for descriptors or the timeout; run the readers; return whether woken."""
+        woken = False
+        if self._epoll is not None:
+            events = self._epoll.poll(-1 if timeout is None else timeout, _EPOLL_MAX_EVENTS)
+            fds = [fd for fd, _ in events]
+        else:
+            readable, _, _ = select.select([self._wake_read], [], [], timeout)
+            fds = list(readable)
+        for fd in fds:
+            if fd == self._wake_read:
+                _sighandler.drain(fd)
+                woken = True
+                continue
+            reader = self._readers.get(fd)
+            if reader is not None:
+                self._call_logged(reader)
+        return woken
 
     def _run_due_timers(self, now: float) -> None:
         while True:
@@ -343,201 +441,20 @@ class Engine:
             if not timer.cancelled:
                 self._callbacks.append(timer.callback)
 
-    def _wait(self, timeout: float | None) -> tuple[bool, list[Child]]:
-        woken = False
-        ready: list[Child] = []
-        if self._epoll is not None:
-            events = self._epoll.poll(-1 if timeout is None else timeout, _EPOLL_MAX_EVENTS)
-            fds = [fd for fd, _ in events]
-        else:
-            readable, _, _ = select.select([self._wake_read], [], [], timeout)
-            fds = list(readable)
-        relay = self._relay
-        for fd in fds:
-            if fd == self._wake_read:
-                _sighandler.drain(fd)
-                woken = True
-                continue
-            if relay is not None and fd == relay.fileno():
-                ready.extend(self._hear_from_relay(relay))
-                continue
-            child = self._by_fd.get(fd)
-            if child is not None:
-                ready.append(child)
-        return woken, ready
-
-    # --- the relay: pidfds held in a helper process ------------------------------------------
-
-    def _lend_oldest(self) -> None:
-        """Lend the oldest pidfds to the relay, down to relay_keep (on the reaping thread)."""
-        self._lending_asked = False
-        with self._lock:
-            if self._pidfds_here <= self.relay_above:
-                return
-            # Dicts keep insertion order: the first entries are the children watched longest.
-            lendable = (
-                (fd, child)
-                for fd, child in self._by_fd.items()
-                if isinstance(child._owner.notifier, PidfdNotifier)
-            )
-            oldest = list(itertools.islice(lendable, max(0, self._pidfds_here - self.relay_keep)))
-        relay = self._start_relay()
-        if relay is None or not relay.ready or self._relay_full:
-            return  # once it says hello, _hear_from_relay calls this again
-        lent: list[tuple[int, int]] = []
-        for fd, child in oldest:
-            with child._lock:
-                notifier = child._owner.notifier
-                # Only pidfds of ours: a forkserver worker's sentinel belongs to its Process.
-                if child._settled or not isinstance(notifier, PidfdNotifier):
-                    continue
-                with self._lock:
-                    if self._by_fd.get(fd) is not child or self._epoll is None:
-                        continue
-                    del self._by_fd[fd]
-                    self._epoll.unregister(fd)
-                    self._pidfds_here -= 1
-                    token = next(self._tokens)
-                    self._lent[token] = child
-                    notifier.lend(token)
-            lent.append((token, fd))
-        sent = relay.lend(lent)
-        for _, fd in lent[:sent]:
-            os.close(fd)  # the relay has its own copy now
-        for token, fd in lent[sent:]:
-            self._take_back(token, fd)
-
-    def _start_relay(self) -> _relay.Relay | None:
-        if self._relay is not None or self._epoll is None:
-            return self._relay
-        if self._relay_attempts >= _RELAY_ATTEMPTS or not _relay.is_available():
-            return None
-        self._relay_attempts += 1
-        try:
-            with self.spawning():
-                relay = _relay.Relay.start()
-                with self._lock:
-                    self._relay = relay
-        except Exception as err:  # whatever failed, the pidfds just stay here
-            logger.warning(
-                "zombiereaper could not start its relay (%s); its pidfds stay in this process",
-                err,
-            )
-            return None
-        self._epoll.register(relay.fileno(), select.EPOLLIN)
-        self.call_later(self.relay_hello_timeout, lambda: self._check_hello(relay))
-        return relay
-
-    def _check_hello(self, relay: _relay.Relay) -> None:
-        if self._relay is not relay or relay.ready:
-            return
-        # Not our relay at all, most likely: sys.executable is not a Python (uWSGI...).
-        self._relay_attempts = _RELAY_ATTEMPTS
-        self._drop_relay(
-            relay,
-            f"did not start within {self.relay_hello_timeout:g} s (is {sys.executable!r} "
-            "a Python interpreter?); no other is started",
-            kill=True,
-        )
-
-    def _hear_from_relay(self, relay: _relay.Relay) -> list[Child]:
-        """Take back the pidfds of children that exited; returns those children."""
-        was_ready = relay.ready
-        returned, alive = relay.receive()
-        exited = []
-        for token, fd in returned:
-            child = self._take_back(token, fd)
-            if child is not None and fd is not None:
-                exited.append(child)
-        lost = sum(fd is None for _, fd in returned)
-        if lost and alive:
-            self._relay_full = True
-            logger.warning(
-                "zombiereaper's relay or this process ran out of descriptors; %d children "
-                "are watched by pid, and no more pidfds are lent",
-                lost,
-            )
-        if not alive:
-            self._drop_relay(relay, "exited")
-        elif relay.ready and not was_ready:
-            self._lend_oldest()
-        return exited
-
-    def _take_back(self, token: int, fd: int | None) -> Child | None:
-        """Watch a lent child here again: by its pidfd, or by pid when ``fd`` is None."""
-        with self._lock:
-            child = self._lent.get(token)
-        if child is None:
-            # Settled while away (someone asked before the relay answered).
-            if fd is not None:
-                os.close(fd)
-            return None
-        with child._lock:
-            notifier = child._owner.notifier
-            with self._lock:
-                if self._lent.get(token) is not child or not isinstance(notifier, PidfdNotifier):
-                    if fd is not None:
-                        os.close(fd)
-                    return None
-                del self._lent[token]
-                if fd is None or self._epoll is None:
-                    if fd is not None:
-                        os.close(fd)
-                    notifier.lose()
-                    self._swept.add(child)
-                    self._update_sigchld_need()
-                else:
-                    notifier.take_back(fd)
-                    self._by_fd[fd] = child
-                    self._epoll.register(fd, select.EPOLLIN)
-                    self._pidfds_here += 1
-        if fd is None:
-            _sighandler.wake()  # a sweep soon: it may have exited already
-        return child
-
-    def _drop_relay(self, relay: _relay.Relay, what: str, *, kill: bool = False) -> None:
-        """The relay is gone, with the pidfds it held: watch those children by pid."""
-        if self._epoll is not None:
-            self._epoll.unregister(relay.fileno())
-        # Reaped before it stops counting as ours: until then the all scope leaves it alone.
-        code = relay.close(kill=kill)
-        with self._lock:
-            self._relay = None
-            self._relay_full = False  # a new relay starts with room
-            tokens = list(self._lent)
-        logger.warning(
-            "zombiereaper's relay (pid %d) %s, exit status %s; watching its %d children by pid",
-            relay.pid,
-            what,
-            code,
-            len(tokens),
-        )
-        for token in tokens:
-            self._take_back(token, None)
-
-    # --- sweeping ------------------------------------------------------------------------------
-
-    def _sweep(self) -> int:
-        self.sweeps += 1
-        with self._lock:
-            candidates = list(self._swept)
-        return sum(self._settle_logged(child) for child in candidates)
-
-    def _settle_logged(self, child: Child) -> bool:
-        try:
-            return self.settle(child)
-        except Exception:
-            # A failure to reap one child must not stop the thread that reaps all the others.
-            logger.exception("zombiereaper could not reap pid %d", child.pid)
-            return False
-
     def _run_callbacks(self) -> None:
         while self._callbacks:
-            callback = self._callbacks.popleft()
-            try:
-                callback()
-            except Exception:
-                logger.exception("zombiereaper callback failed")
+            self._call_logged(self._callbacks.popleft())
+
+    def _call_logged(self, callback: Callable[[], object]) -> None:
+        """Run ``callback``; log whatever it raises, BaseException included, and go on.
+
+        A callback's SystemExit or KeyboardInterrupt is not the reaping thread's to die of:
+        the children it would reap next would stay zombies, and every wait would hang.
+        """
+        try:
+            callback()
+        except BaseException:
+            logger.exception("zombiereaper callback %r failed", callback)
 
     def _start(self) -> None:
         self._thread.start()
@@ -548,30 +465,16 @@ class Engine:
         if threading.current_thread() is not self._thread:
             self._thread.join()
         # Stopped from its own thread (an on_exit that uninstalls), the loop ends after this
-        # callback; either way the thread closes its epoll descriptor on the way out.
+        # callback; either way the thread closes its descriptors on the way out.
 
     def _close(self) -> None:
-        if self._relay is not None:
-            self._relay.close()
-            self._relay = None
-        if self._epoll is not None:
-            self._epoll.close()
-
-    def _abandon_after_fork(self) -> None:
-        """Close what the forked child inherited; no lock is taken (another thread may own it)."""
-        for child in [*self._by_fd.values(), *self._swept]:
-            notifier = child._owner.notifier
-            if notifier is not None:
-                try:
-                    notifier.close()
-                except OSError:
-                    pass
-        # zombiereaper._relay's own at-fork hook closed the relay socket: it is the parent's.
-        self._relay = None
-        try:
-            self._close()
-        except OSError:
-            pass
+        with self._lock:
+            self._closed = True
+            self._readers.clear()
+        self.monitors.close()
+        epoll = self._epoll
+        if epoll is not None:
+            _fds.close_with(epoll.fileno(), self._epoll_born, epoll.close)
 
 
 @dataclass(order=True)
@@ -580,7 +483,7 @@ class Timer:
 
     deadline: float
     number: int
-    callback: Callable[[], None] = field(compare=False)
+    callback: Callable[[], object] = field(compare=False)
     cancelled: bool = field(default=False, compare=False)
 
     def cancel(self) -> None:
@@ -588,61 +491,18 @@ class Timer:
         self.cancelled = True
 
 
-class _SweepSchedule:
-    """When the sigchld-watched children are swept: on wakeups, but not in a storm, and on a timer.
-
-    A wakeup asks for a sweep. After a sweep that found nothing, the next one asked for by a
-    wakeup waits a quiet period that doubles up to SAFETY_SWEEP_INTERVAL, so a storm of
-    spurious SIGCHLD costs a bounded number of sweeps (go-reap PR #1); a sweep that finds an
-    exit ends the quiet period. The timer sweeps every SAFETY_SWEEP_INTERVAL regardless, which
-    is what bounds the delay when no handler can run (prior-art pitfall 4).
-    """
-
-    def __init__(self, now: float) -> None:
-        self._last_sweep = now
-        self._quiet_period = 0.0
-        self._quiet_until = now
-        self._pending = False
-
-    def timeout(self, now: float) -> float:
-        """Seconds until the next sweep is due."""
-        deadline = self._last_sweep + SAFETY_SWEEP_INTERVAL
-        if self._pending:
-            deadline = min(deadline, self._quiet_until)
-        return max(0.0, deadline - now)
-
-    def note_wakeup(self) -> None:
-        """Something may have exited: ask for a sweep."""
-        self._pending = True
-
-    def is_due(self, now: float) -> bool:
-        """Whether a sweep should run now."""
-        return (self._pending and now >= self._quiet_until) or (
-            now - self._last_sweep >= SAFETY_SWEEP_INTERVAL
-        )
-
-    def record_sweep(self, now: float, found: int) -> None:
-        """A sweep ran at ``now`` and reaped ``found`` children."""
-        self._last_sweep = now
-        self._pending = False
-        if found:
-            self._quiet_period = 0.0
-        else:
-            self._quiet_period = min(
-                max(self._quiet_period * 2, _FIRST_QUIET_PERIOD), SAFETY_SWEEP_INTERVAL
-            )
-        self._quiet_until = now + self._quiet_period
-
-
 # --- the process-wide engine ------------------------------------------------------------------
 
 _engine: Engine | None = None
 _engine_lock = threading.Lock()
-_installed_reapers: weakref.WeakSet[Reaper] = weakref.WeakSet()
 
 
-def acquire(reaper: Reaper) -> Engine:
-    """Count ``reaper`` as a user of the engine, starting the thread for the first one."""
+def acquire() -> Engine:
+    """Count one more user of the engine (an installed Reaper), starting it for the first.
+
+    Raises:
+        ReaperError: SIGCHLD is SIG_IGN and this is not the main thread.
+    """
     global _engine
     with _engine_lock:
         _sighandler.check_disposition()
@@ -653,15 +513,13 @@ def acquire(reaper: Reaper) -> Engine:
             engine = _engine = Engine()
             engine._start()
         engine._users += 1
-        _installed_reapers.add(reaper)
         return engine
 
 
-def release(reaper: Reaper) -> None:
-    """Stop counting ``reaper``; the last one stops the thread and restores the handler."""
+def release() -> None:
+    """Count one user less; the last one stops the thread and restores the handler."""
     global _engine
     with _engine_lock:
-        _installed_reapers.discard(reaper)
         engine = _engine
         if engine is None:
             return
@@ -681,27 +539,25 @@ def current() -> Engine | None:
     return _engine
 
 
-def find_record(pid: int) -> ExitStatus | None:
-    """The latest exit of ``pid`` that any installed Reaper has recorded."""
-    for reaper in list(_installed_reapers):
-        status = reaper.registry.get(pid)
-        if status is not None:
-            return status
-    return None
+def is_reaping_thread() -> bool:
+    """Whether the caller runs on the reaping thread (where blocking waits would deadlock)."""
+    engine = _engine
+    return engine is not None and threading.current_thread() is engine.thread
+
+
+def helper_pids() -> frozenset[int]:
+    """Pids of the running engine's helper processes (the relay), which are not leaks."""
+    engine = _engine
+    return frozenset() if engine is None else engine.helper_pids()
 
 
 def _reset_after_fork() -> None:
     global _engine, _engine_lock
     # The reaping thread does not exist in the child, and its locks may have been held at the
     # fork: replace them rather than take them (uvicorn #894: inherited reaper state).
+    # zombiereaper._fds has closed every descriptor the engine held.
     _engine_lock = threading.Lock()
-    engine, _engine = _engine, None
-    reapers = list(_installed_reapers)
-    _installed_reapers.clear()
-    for reaper in reapers:
-        reaper._reset_after_fork()
-    if engine is not None:
-        engine._abandon_after_fork()
+    _engine = None
     _sighandler.reset_after_fork()
 
 

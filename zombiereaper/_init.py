@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 import psutil
 
 from . import _linux
+from ._child import on_settled
 from ._reaper import Reaper
 
 if TYPE_CHECKING:
@@ -172,7 +173,7 @@ def run_init(options: InitOptions, stderr: TextIO | None = None) -> int:
     try:
         child = reaper.watch(popen)
         # Called however the program ended, its status lost included: the loop must wake.
-        child._add_done_callback(lambda _: os.write(wake_write, _PROGRAM_EXITED))
+        on_settled(child, lambda _: os.write(wake_write, _PROGRAM_EXITED))
         _forward_until_exit(child, options, wake_read, log)
         if options.drain is not None:
             _drain(options.drain, log)

@@ -62,7 +62,11 @@ def parse_stat(text: str) -> ProcStat:
 
 
 def read_stat(pid: int) -> ProcStat | None:
-    """The stat fields of ``pid``, or None if no such process exists (or /proc is missing)."""
+    """The stat fields of ``pid``, or None if no such process exists (or /proc is missing).
+
+    Raises:
+        OSError: The file exists but could not be read (EMFILE: out of descriptors).
+    """
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as file:
             return parse_stat(file.read())

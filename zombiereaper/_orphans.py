@@ -25,25 +25,22 @@ fork, seconds after the exit) is the one case that can lose a status; the grace 
 from __future__ import annotations
 
 import gc
-import os
 import select
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from . import _linux
-from ._backends import pidfd
+from . import _fds, _linux, _process
 from ._errors import NotOurChildError, StatusLostError, WaitTimeout
 from ._owners import store_exit_in_process
-from ._status import ExitStatus, decode_wait_status, wait_status_from_waitid
+from ._process import ProcessGone, ProcessRef
+from ._status import ExitStatus, decode_wait_status
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from ._reaper import Reaper
 
 #: How long an unknown zombie is left to its owner before it is reaped.
 DEFAULT_GRACE: Final = 0.75
@@ -51,7 +48,17 @@ DEFAULT_GRACE: Final = 0.75
 #: How soon to look again at zombies held back while one of our spawns is in progress.
 _HOLD_RETRY: Final = 0.01
 
-_PEEK: Final = os.WEXITED | os.WNOHANG | getattr(os, "WNOWAIT", 0)
+
+class OrphanSink(Protocol):
+    """Where the all scope's records go (the all-scope Reaper's registry and on_exit)."""
+
+    def record(self, status: ExitStatus) -> None:
+        """Store the status (no user code, no blocking)."""
+        ...
+
+    def announce(self, status: ExitStatus) -> None:
+        """Tell user code; called on the reaping thread."""
+        ...
 
 
 def peek_child(pid: int) -> ExitStatus | None:
@@ -60,57 +67,17 @@ def peek_child(pid: int) -> ExitStatus | None:
     Raises:
         ChildProcessError: ``pid`` is not an unreaped child of this process.
     """
-    result = os.waitid(os.P_PID, pid, _PEEK)
-    if result is None:
-        return None
-    return decode_wait_status(pid, wait_status_from_waitid(result.si_code, result.si_status))
-
-
-def has_zombie_child() -> bool:
-    """Whether this process has at least one child that has exited and not been reaped."""
-    try:
-        return os.waitid(os.P_ALL, 0, _PEEK) is not None
-    except ChildProcessError:
-        return False
+    raw = _process.peek_pid(pid)
+    return None if raw is None else decode_wait_status(pid, raw)
 
 
 def reap_zombie(zombie: _linux.ProcStat) -> ExitStatus | None:
     """Reap exactly the zombie that was seen, never a process that has taken its pid since."""
-    if pidfd.is_available():
-        try:
-            fd = os.pidfd_open(zombie.pid)
-        except (ProcessLookupError, OSError):
-            fd = -1
-        if fd >= 0:
-            try:
-                # The pidfd was opened before this check: if the pid still names the zombie
-                # (same start time), the pidfd names it too.
-                if _same_process(zombie):
-                    result = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
-                    return _decode(zombie.pid, result)
-                return None
-            except ChildProcessError:
-                return None
-            finally:
-                os.close(fd)
-    # Without pidfds the window left is the pid being reaped and reused between two calls.
-    if not _same_process(zombie):
-        return None
     try:
-        return _decode(zombie.pid, os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOHANG))
-    except ChildProcessError:
+        raw = ProcessRef(zombie.pid, None, zombie.start_time).reap()
+    except ProcessGone:
         return None
-
-
-def _same_process(zombie: _linux.ProcStat) -> bool:
-    now = _linux.read_stat(zombie.pid)
-    return now is not None and now.start_time == zombie.start_time
-
-
-def _decode(pid: int, result: Any) -> ExitStatus | None:
-    if result is None:
-        return None
-    return decode_wait_status(pid, wait_status_from_waitid(result.si_code, result.si_status))
+    return None if raw is None else decode_wait_status(zombie.pid, raw)
 
 
 # --- owners ---------------------------------------------------------------------------------------
@@ -162,13 +129,13 @@ class Ownership:
 
     Attributes:
         owned: Pids of the children that Reapers watch as their own.
-        our_pidfds: The engine's own pidfds (not another owner's).
+        our_fds: The library's own descriptors (its pidfds are not another owner's).
         spawning: spawn() calls between their fork and the registration of the child.
         spawns: How many spawn() calls have started so far.
     """
 
     owned: frozenset[int]
-    our_pidfds: frozenset[int]
+    our_fds: frozenset[int]
     spawning: int
     spawns: int
 
@@ -176,8 +143,8 @@ class Ownership:
 class AllScope:
     """The all-scope part of one Reaper: finds, records and reaps every other zombie child."""
 
-    def __init__(self, reaper: Reaper, grace: float) -> None:
-        self._reaper = reaper
+    def __init__(self, sink: OrphanSink, grace: float) -> None:
+        self._sink = sink
         self._grace = grace
         self._lock = threading.Lock()
         #: zombie (pid, start time) -> when to look at it again
@@ -186,9 +153,9 @@ class AllScope:
         self._left_alone: set[int] = set()
 
     @property
-    def reaper(self) -> Reaper:
-        """The all-scope Reaper this sweep records for."""
-        return self._reaper
+    def sink(self) -> OrphanSink:
+        """Where the statuses this sweep finds are recorded."""
+        return self._sink
 
     @property
     def grace(self) -> float:
@@ -223,7 +190,7 @@ class AllScope:
             skip_grace: Settle now the zombies still in their grace (owners found keep theirs).
         """
         with self._lock:
-            if not has_zombie_child():
+            if not _process.has_zombie_child():
                 self._next_look.clear()
                 self._recorded.clear()
                 return [], None
@@ -250,7 +217,7 @@ class AllScope:
                 if self._next_look.setdefault(z.key, now + self._grace) <= now or skip_grace
             ]
             if due:
-                self._settle(due, after.our_pidfds, now)
+                self._settle(due, after.our_fds, now)
             return recorded, min(self._next_look.values(), default=None)
 
     def _record_once(self, zombie: _linux.ProcStat) -> ExitStatus | None:
@@ -265,9 +232,9 @@ class AllScope:
         self._recorded.add(zombie.key)
         return status
 
-    def _settle(self, due: list[_linux.ProcStat], our_pidfds: frozenset[int], now: float) -> None:
+    def _settle(self, due: list[_linux.ProcStat], our_fds: frozenset[int], now: float) -> None:
         pids = {z.pid for z in due}
-        held = _linux.pidfd_targets(exclude=our_pidfds)
+        held = _linux.pidfd_targets(exclude=our_fds)
         unheld = pids - held
         popens = _live_popens(unheld) if unheld else {}
         processes = _live_processes(unheld - popens.keys())
@@ -311,7 +278,7 @@ def wait_for_child(pid: int, timeout: float | None) -> ExitStatus:
     status = _peek_our_child(pid)
     if status is not None:
         return status
-    if pidfd.is_available():
+    if _process.can_use_pidfd():
         return _wait_with_pidfd(pid, deadline, timeout)
     delay = 0.001
     while True:
@@ -342,9 +309,10 @@ async def wait_for_child_async(pid: int) -> ExitStatus:
     if status is not None:
         return status
     loop = asyncio.get_running_loop()
-    if not pidfd.is_available():
+    if not _process.can_use_pidfd():
         return await loop.run_in_executor(None, wait_for_child, pid, None)
     fd = _open_pidfd(pid)
+    born = _fds.generation()
     try:
         status = _peek_pidfd(pid, fd)
         if status is not None:
@@ -362,7 +330,7 @@ async def wait_for_child_async(pid: int) -> ExitStatus:
             loop.remove_reader(fd)
         return _status_once_readable(pid, fd)
     finally:
-        os.close(fd)
+        _fds.close(fd, born)
 
 
 def _peek_pidfd(pid: int, fd: int) -> ExitStatus | None:
@@ -372,9 +340,10 @@ def _peek_pidfd(pid: int, fd: int) -> ExitStatus | None:
     longer our child (its owner reaped it; the pid may even be a stranger's now).
     """
     try:
-        return _decode(pid, os.waitid(os.P_PIDFD, fd, _PEEK))
+        raw = _process.peek_pidfd(fd)
     except ChildProcessError:
         raise StatusLostError(pid) from None
+    return None if raw is None else decode_wait_status(pid, raw)
 
 
 def _status_once_readable(pid: int, fd: int) -> ExitStatus:
@@ -394,13 +363,14 @@ def _peek_our_child(pid: int) -> ExitStatus | None:
 
 def _open_pidfd(pid: int) -> int:
     try:
-        return os.pidfd_open(pid)
+        return _process.open_pidfd(pid)
     except ProcessLookupError:
         raise StatusLostError(pid) from None
 
 
 def _wait_with_pidfd(pid: int, deadline: float | None, timeout: float | None) -> ExitStatus:
     fd = _open_pidfd(pid)
+    born = _fds.generation()
     try:
         status = _peek_pidfd(pid, fd)
         if status is not None:
@@ -415,4 +385,4 @@ def _wait_with_pidfd(pid: int, deadline: float | None, timeout: float | None) ->
                 raise WaitTimeout(pid, timeout or 0.0)
         return _status_once_readable(pid, fd)
     finally:
-        os.close(fd)
+        _fds.close(fd, born)

@@ -1,45 +1,44 @@
-"""Owners: who else may wait for a child, and how to reap it through their machinery.
+"""Sources: who else may wait for a child, and how to reap it through their machinery.
 
-A child is reaped by exactly one waitpid. When other code can also wait for it (a Popen, a
+A child is reaped by exactly one wait. When other code can also wait for it (a Popen, a
 multiprocessing Process), the reaping must go through that code's own bookkeeping, or the
 other waiter sees ECHILD and invents a status: Popen says 0 (bpo-15756), multiprocessing says
-None forever. Each owner below knows one kind of waiter:
+None forever. Each source below knows one kind of waiter:
 
-- PopenOwner: a ``subprocess.Popen``; reaps under Popen's own lock, through ``popen.wait()``.
-- ProcessOwner: a ``multiprocessing.Process``; writes the exit code into the Process before
+- PopenSource: a ``subprocess.Popen``; reaps under Popen's own lock and stores its returncode.
+- ProcessSource: a ``multiprocessing.Process``; stores the exit code in the Process before
   reaping, or, for forkserver workers (not our children at all), reads it from the sentinel.
-- PidOwner: a bare pid that nobody else waits for; reaps it directly.
+- PidSource: a bare pid that nobody else waits for; reaps it directly.
 
-Every owner answers the same three questions for the engine and the Child: how to notice the
-exit (``open_notifier``), how to read and reap it (``read_exit``), and how to signal the child
-without ever reaching a process that was given its pid after it was reaped (``send_signal``).
+Each answers the engine's three questions: :meth:`open` names the child exactly (a
+:class:`~zombiereaper._process.ProcessRef`) at a moment when its pid provably is still the
+child's, or says that its owner has the status already; ``read_exit`` reads and reaps through
+the ref; ``send_signal`` signals through it. The engine calls the last two with the watch's
+lock held, so nothing of ours reaps the child meanwhile. A status that cannot be tied to the
+child through its ref is reported lost (None), never borrowed from a process that took the
+pid (issue 11, race 6).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import time
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
-from ._backends import BackendName, ChildNotifier, Notifier, open_notifier, pidfd
-from ._backends.sentinel import SentinelNotifier
+from . import _process
+from ._backends import Sentinel, open_ref
+from ._process import ProcessGone, ProcessRef
 from ._status import ExitStatus, decode_wait_status
+from ._watch import RUNNING, Known
 
 if TYPE_CHECKING:
     import multiprocessing.process
     import subprocess
+    import threading
     from collections.abc import Callable
 
-
-class Running:
-    """The marker for "the child has not exited yet"."""
-
-    def __repr__(self) -> str:
-        return "RUNNING"
-
-
-RUNNING: Final = Running()
+    from ._backends import BackendName
+    from ._watch import Notice, Outcome
 
 #: How long to wait for another waiter that has reaped a child to store its status: the gap
 #: between its waitpid returning and its assignment is a few bytecodes.
@@ -50,54 +49,26 @@ _OWNER_STORE_TIMEOUT: Final = 1.0
 #: and multiprocessing then stores 255. An owner blocked in join() reads it within this time.
 _FORKSERVER_OWNER_FIRST: Final = 0.02
 
-Outcome = ExitStatus | Running | None
-"""What read_exit finds: the status, RUNNING, or None when a stranger took the status."""
-
-
-class Owner(Protocol):
-    """How a child is noticed, reaped and signalled; see the module docstring."""
-
-    @property
-    def pid(self) -> int:
-        """The child's pid."""
-        ...
-
-    @property
-    def args(self) -> Any:
-        """What the child runs, for display."""
-        ...
-
-    @property
-    def notifier(self) -> Notifier | None:
-        """What tells the engine that the child may have exited, once opened."""
-        ...
-
-    def open_notifier(self, backend: BackendName) -> Notifier | None:
-        """Start noticing the exit; None when the owner already has the status.
-
-        Raises:
-            ChildProcessError: The pid is not a child this owner can account for.
-        """
-        ...
-
-    def read_exit(self) -> Outcome:
-        """Reap the child if it has exited, through the owner's machinery."""
-        ...
-
-    def send_signal(self, sig: int) -> None:
-        """Signal the child, which has not been settled yet (the Child's lock is held)."""
-        ...
-
 
 # --- subprocess.Popen ------------------------------------------------------------------------
 
 
-class PopenOwner:
+def _popen_lock(popen: subprocess.Popen[Any]) -> threading.Lock | None:
+    """Popen's own reap lock: CPython's ``Popen.wait()`` holds it around its waitpid."""
+    lock: threading.Lock | None = getattr(popen, "_waitpid_lock", None)
+    return lock
+
+
+def _returncode(popen: subprocess.Popen[Any]) -> int | None:
+    """Popen's returncode, read afresh: another thread's wait() may set it at any moment."""
+    return popen.returncode
+
+
+class PopenSource:
     """A child started by ``subprocess.Popen``, whose ``wait()`` the application may call too."""
 
     def __init__(self, popen: subprocess.Popen[Any]) -> None:
         self.popen = popen
-        self.notifier: ChildNotifier | None = None
 
     @property
     def pid(self) -> int:
@@ -109,82 +80,108 @@ class PopenOwner:
         """The command, as Popen got it."""
         return self.popen.args
 
-    def open_notifier(self, backend: BackendName) -> ChildNotifier | None:
-        """Watch the child; None if its Popen has already reaped it."""
-        if self.popen.returncode is None:
-            try:
-                self.notifier = open_notifier(self.pid, backend)
-            except ChildProcessError:
-                pass  # reaped by popen.poll()/wait() in another thread since the check
-        return self.notifier
+    @property
+    def owner(self) -> object:
+        """The Popen."""
+        return self.popen
 
-    def read_exit(self) -> Outcome:
-        """Read the exit, then reap it through Popen's own locking."""
+    def open(self, backend: BackendName) -> ProcessRef | Known:
+        """Name the child, or take the status its Popen already has.
+
+        Under Popen's lock (free unless another thread sits in ``popen.wait()``), nothing but
+        a stranger's blanket wait can reap the child while its pid is turned into a ref.
+        """
         popen = self.popen
-        notifier = self.notifier
-        if notifier is None or popen.returncode is not None:
-            # Reaped by its Popen already: a peek by pid (no pidfd at hand) could otherwise
-            # land on another child that was given the pid since.
-            return _status_from_popen(popen)
-        if not notifier.can_peek:
-            returncode = popen.poll()
-            return (
-                RUNNING if returncode is None else ExitStatus.from_returncode(self.pid, returncode)
-            )
+        lock = _popen_lock(popen)
+        held = lock is not None and lock.acquire(blocking=False)
         try:
-            raw = notifier.peek()
-        except ChildProcessError:
-            # Its Popen reaped it first (or a stranger's waitpid(-1) did).
-            return _status_from_popen(popen)
+            if popen.returncode is not None:
+                return Known(ExitStatus.from_returncode(popen.pid, popen.returncode))
+            try:
+                ref = open_ref(popen.pid, backend)
+            except ChildProcessError:
+                # Its own wait() in another thread reaped it since the check.
+                return Known(self.read_gone())
+            code = _returncode(popen)  # read again: another thread's wait() may have set it
+            if not held and code is not None:
+                # A wait() in another thread finished meanwhile: its code is the truth, and
+                # the pid may already name another process.
+                ref.close()
+                return Known(ExitStatus.from_returncode(popen.pid, code))
+            return ref
+        finally:
+            if held:
+                assert lock is not None
+                lock.release()
+
+    def read_exit(self, notice: Notice) -> Outcome:
+        """Read the exit through the ref, then reap it under Popen's lock and store the code."""
+        popen = self.popen
+        if popen.returncode is not None:
+            return ExitStatus.from_returncode(popen.pid, popen.returncode)
+        assert isinstance(notice, ProcessRef)
+        if not _process.can_peek():
+            code = popen.poll()  # no waitid: Popen's own machinery, by pid
+            return RUNNING if code is None else ExitStatus.from_returncode(self.pid, code)
+        try:
+            raw = notice.peek()
+        except ProcessGone:
+            return self.read_gone()
         if raw is None:
             return RUNNING
-        # Read before reaping (WNOWAIT), the record keeps the core-dump bit, which Popen drops.
-        # Reaping under Popen's lock keeps a concurrent popen.wait() from seeing ECHILD, which
-        # it would report as 0. The child is a zombie now, so this returns at once.
-        popen.wait()
+        lock = _popen_lock(popen)
+        if lock is None:
+            popen.wait()  # not CPython's Popen: its own wait, on a zombie, returns at once
+            return decode_wait_status(self.pid, raw)
+        # Blocking is brief: a holder sits in waitpid() on a child that has exited.
+        with lock:
+            if popen.returncode is None:
+                try:
+                    notice.reap()
+                except ProcessGone:
+                    pass  # a stranger took it after our read: the read is still its status
+                # What Popen's own wait would store; read before reaping (WNOWAIT), the record
+                # keeps the core-dump bit, which Popen drops.
+                popen.returncode = os.waitstatus_to_exitcode(raw)
         return decode_wait_status(self.pid, raw)
 
-    def send_signal(self, sig: int) -> None:
-        """Signal the child while its Popen cannot reap it, or through its pidfd."""
-        notifier = self.notifier
-        assert notifier is not None
-        if notifier.fileno is not None:
-            # A verified pidfd names exactly this process, reaped or not.
-            notifier.send_signal(sig)
-            return
-        lock = getattr(self.popen, "_waitpid_lock", None)
-        if lock is None:
-            self.popen.send_signal(sig)
-            return
-        if lock.acquire(blocking=False):
-            try:
-                if self.popen.returncode is None:
-                    notifier.send_signal(sig)
-            finally:
+    def send_signal(self, notice: Notice, sig: int, group: bool) -> bool:
+        """Signal the child through its ref, unless its own wait() has reaped it."""
+        popen = self.popen
+        if popen.returncode is not None:
+            return False
+        assert isinstance(notice, ProcessRef)
+        lock = _popen_lock(popen)
+        # Held where free: the ref's fallbacks (no pidfd, a group before Linux 6.9) rely on
+        # the child staying unreaped while they check and signal.
+        held = lock is not None and lock.acquire(blocking=False)
+        try:
+            if _returncode(popen) is not None:  # read again, under the lock now
+                return False
+            return notice.send_signal(sig, group=group)
+        finally:
+            if held:
+                assert lock is not None
                 lock.release()
-            return
-        # Another thread sits in popen.wait() and may reap the child at any moment.
-        pid = self.pid
-        send_signal_if_still_ours(pid, sig, lambda fd: _still_our_child(pid, fd))
 
-
-def _status_from_popen(popen: subprocess.Popen[Any]) -> ExitStatus | None:
-    """The status that the Popen's own wait recorded, or None when a stranger took it."""
-    lock = getattr(popen, "_waitpid_lock", None)
-    if lock is None:
-        returncode = popen.returncode
-    else:
-        # Popen stores returncode under this lock right after its waitpid: holding the lock
-        # means a wait in progress in another thread has finished.
-        with lock:
+    def read_gone(self) -> ExitStatus | None:
+        """The status that the Popen's own wait recorded, or None when a stranger took it."""
+        popen = self.popen
+        lock = _popen_lock(popen)
+        if lock is None:
             returncode = popen.returncode
-    return None if returncode is None else ExitStatus.from_returncode(popen.pid, returncode)
+        else:
+            # Popen stores returncode under this lock right after its waitpid: holding the
+            # lock means a wait in progress in another thread has finished.
+            with lock:
+                returncode = popen.returncode
+        return None if returncode is None else ExitStatus.from_returncode(popen.pid, returncode)
 
 
 # --- multiprocessing.Process -----------------------------------------------------------------
 
 
-class ProcessOwner:
+class ProcessSource:
     """A ``multiprocessing.Process`` worker, whose ``join()`` the application may call too."""
 
     def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
@@ -192,7 +189,6 @@ class ProcessOwner:
         pid = process.pid
         assert pid is not None
         self._pid = pid
-        self.notifier: ChildNotifier | SentinelNotifier | None = None
 
     @property
     def pid(self) -> int:
@@ -204,75 +200,90 @@ class ProcessOwner:
         """The worker's name."""
         return self.process.name
 
-    def open_notifier(self, backend: BackendName) -> Notifier | None:
-        """Watch the worker by pid if it is our child, or else by its sentinel."""
-        if self._returncode() is not None:
-            return None
-        try:
-            self.notifier = open_notifier(self._pid, backend)
-        except ChildProcessError:
-            if self._returncode() is None:
-                # Not our child: a forkserver worker. Its sentinel turns readable once the
-                # fork server has reaped it and written its status there.
-                self.notifier = SentinelNotifier(self._pid, self.process.sentinel)
-        return self.notifier
+    @property
+    def owner(self) -> object:
+        """The Process."""
+        return self.process
 
-    def read_exit(self) -> Outcome:
+    def _mp_popen(self) -> Any:
+        return getattr(self.process, "_popen", None)
+
+    def _returncode(self) -> int | None:
+        """The code the Process has stored, without asking it to poll (it would waitpid)."""
+        return getattr(self._mp_popen(), "returncode", None)
+
+    def _is_forkserver_worker(self) -> bool:
+        return type(self._mp_popen()).__module__.endswith("popen_forkserver")
+
+    def open(self, backend: BackendName) -> ProcessRef | Sentinel | Known:
+        """Name the worker if it is our child, else watch its sentinel."""
+        if self._returncode() is not None:
+            return Known(self.read_gone())
+        if self._is_forkserver_worker():
+            # Not our child: the fork server is its parent. Its pid may even name a child of
+            # ours once it has been reaped there: never open a ref for it.
+            return Sentinel(self._pid, self.process.sentinel)
+        try:
+            ref = open_ref(self._pid, backend)
+        except ChildProcessError:
+            return Known(self.read_gone())  # its join() reaped it
+        if self._returncode() is not None:
+            ref.close()
+            return Known(self.read_gone())
+        return ref
+
+    def read_exit(self, notice: Notice) -> Outcome:
         """Read the exit and store it in the Process before reaping, or let it read its own."""
-        notifier = self.notifier
-        if notifier is None:
-            return self._status_from_process()
-        if isinstance(notifier, SentinelNotifier):
-            if not notifier.is_ready():
-                return RUNNING
-            code = _wait_for_owner(self._returncode, _FORKSERVER_OWNER_FIRST)
-            if code is not None:
-                return ExitStatus.from_returncode(self._pid, code)
-            return self._status_from_process()
-        if not notifier.can_peek:
-            code = self.process.exitcode
-            return RUNNING if code is None else ExitStatus.from_returncode(self._pid, code)
-        return self._read_own_child(notifier)
-
-    def _read_own_child(self, notifier: ChildNotifier) -> Outcome:
+        if isinstance(notice, Sentinel):
+            return self._read_forkserver_exit(notice)
+        assert isinstance(notice, ProcessRef)
         if self._returncode() is not None:
-            return self._status_from_process()  # joined already: its pid may be reused
+            return self.read_gone()  # joined already: its pid may be reused
+        if not _process.can_peek():
+            code = self.process.exitcode  # no waitid: the Process's own machinery
+            return RUNNING if code is None else ExitStatus.from_returncode(self._pid, code)
         try:
-            raw = notifier.peek()
-        except ChildProcessError:
-            return self._status_from_process()
+            raw = notice.peek()
+        except ProcessGone:
+            return self.read_gone()
         if raw is None:
             return RUNNING
         status = decode_wait_status(self._pid, raw)
         store_exit_in_process(self.process, status)
         try:
-            notifier.reap()
-        except ChildProcessError:
+            notice.reap()
+        except ProcessGone:
             pass  # its join() reaped it in between: the status is the same
         return status
 
-    def send_signal(self, sig: int) -> None:
+    def _read_forkserver_exit(self, sentinel: Sentinel) -> Outcome:
+        if not sentinel.is_ready():
+            return RUNNING
+        code = _wait_for_owner(self._returncode, _FORKSERVER_OWNER_FIRST)
+        if code is None:
+            # exitcode reads the fork server's report from the sentinel (no waitpid there).
+            code = _wait_for_owner(lambda: self.process.exitcode, _OWNER_STORE_TIMEOUT)
+        return None if code is None else ExitStatus.from_returncode(self._pid, code)
+
+    def send_signal(self, notice: Notice, sig: int, group: bool) -> bool:
         """Signal the worker only while it provably has not been reaped."""
-        notifier = self.notifier
-        assert notifier is not None
-        if isinstance(notifier, SentinelNotifier):
-            sentinel = notifier
-            send_signal_if_still_ours(self._pid, sig, lambda _fd: not sentinel.is_ready())
-            return
-        if notifier.fileno is not None:
-            notifier.send_signal(sig)
-            return
-        # Its join() in another thread may reap it at any moment.
-        pid = self._pid
-        send_signal_if_still_ours(pid, sig, lambda fd: _still_our_child(pid, fd))
+        if isinstance(notice, Sentinel):
+            sentinel = notice
+            # An unready sentinel means the worker has not ended: a pidfd opened before that
+            # check names it.
+            return _process.send_signal_checked(
+                self._pid, sig, lambda: not sentinel.is_ready(), group=group
+            )
+        assert isinstance(notice, ProcessRef)
+        if self._returncode() is not None:
+            return False  # its join() reaped it: the pid may name another child of ours
+        return notice.send_signal(sig, group=group)
 
-    def _returncode(self) -> int | None:
-        popen = getattr(self.process, "_popen", None)
-        return None if popen is None else getattr(popen, "returncode", None)
-
-    def _status_from_process(self) -> ExitStatus | None:
-        # exitcode polls the Process's own machinery (waitpid, or the forkserver's pipe).
-        code = _wait_for_owner(lambda: self.process.exitcode, _OWNER_STORE_TIMEOUT)
+    def read_gone(self) -> ExitStatus | None:
+        """The code the Process stored (its join() reaped the worker), or None."""
+        # Only what the Process stored: asking it to poll would waitpid() a pid that may
+        # name another child of ours by now. A join() in flight stores it in a moment.
+        code = _wait_for_owner(self._returncode, _OWNER_STORE_TIMEOUT)
         return None if code is None else ExitStatus.from_returncode(self._pid, code)
 
 
@@ -290,12 +301,11 @@ def store_exit_in_process(process: Any, status: ExitStatus) -> None:
 # --- a bare pid --------------------------------------------------------------------------------
 
 
-class PidOwner:
+class PidSource:
     """A direct child known only by its pid: nobody else waits for it."""
 
     def __init__(self, pid: int) -> None:
         self._pid = pid
-        self.notifier: ChildNotifier | None = None
 
     @property
     def pid(self) -> int:
@@ -307,77 +317,36 @@ class PidOwner:
         """Nothing is known of the command."""
         return None
 
-    def open_notifier(self, backend: BackendName) -> ChildNotifier:
-        """Watch the pid, which must be an unreaped child of ours."""
-        self.notifier = open_notifier(self._pid, backend)
-        return self.notifier
+    @property
+    def owner(self) -> object:
+        """Nobody."""
+        return None
 
-    def read_exit(self) -> Outcome:
+    def open(self, backend: BackendName) -> ProcessRef:
+        """Name the pid, which must be an unreaped child of ours.
+
+        Raises:
+            ChildProcessError: It is not.
+        """
+        return open_ref(self._pid, backend)
+
+    def read_gone(self) -> ExitStatus | None:
+        """Nobody else may wait for a bare pid: a stranger took its status."""
+        return None
+
+    def read_exit(self, notice: Notice) -> Outcome:
         """Reap the child directly."""
-        notifier = self.notifier
-        if notifier is None:
-            return None
+        assert isinstance(notice, ProcessRef)
         try:
-            raw = notifier.reap()
-        except ChildProcessError:
+            raw = notice.reap()
+        except ProcessGone:
             return None  # somebody else's waitpid took it
         return RUNNING if raw is None else decode_wait_status(self._pid, raw)
 
-    def send_signal(self, sig: int) -> None:
-        """Signal the child: only the engine reaps it, under the lock the caller holds."""
-        assert self.notifier is not None
-        self.notifier.send_signal(sig)
-
-
-# --- signalling safely -------------------------------------------------------------------------
-
-
-def _still_our_child(pid: int, fd: int | None) -> bool:
-    """Whether ``pid`` (behind the pidfd ``fd``, if given) is still an unreaped child of ours.
-
-    Without a pidfd, a child that has exited counts as not ours any more: it is about to be
-    reaped, and signalling a zombie would do nothing anyway.
-    """
-    try:
-        if fd is not None:
-            os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            return True
-        if not hasattr(os, "waitid"):
-            return True  # nothing better to ask on this system
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
-    except ChildProcessError:
-        return False
-
-
-def send_signal_if_still_ours(pid: int, sig: int, still_ours: Callable[[int | None], bool]) -> None:
-    """Signal ``pid`` while another waiter may reap it, without reaching a stranger.
-
-    ``still_ours(fd)`` is asked after a pidfd is opened: True means the process we meant had
-    not been reaped then, so the pidfd names it and signalling through it is safe.
-    """
-    if pidfd.is_available():
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            return
-        except OSError:
-            fd = -1
-        if fd >= 0:
-            try:
-                if still_ours(fd):
-                    signal.pidfd_send_signal(fd, sig)
-            except ProcessLookupError:
-                pass
-            finally:
-                os.close(fd)
-            return
-    # No pidfd here (macOS, old kernels, no descriptors left): check, then signal. The window
-    # left is the child being reaped and its pid handed to a new process between the two calls.
-    if still_ours(None):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+    def send_signal(self, notice: Notice, sig: int, group: bool) -> bool:
+        """Signal the child: only the engine reaps it, and the watch's lock is held."""
+        assert isinstance(notice, ProcessRef)
+        return notice.send_signal(sig, group=group)
 
 
 def _wait_for_owner(read: Callable[[], int | None], timeout: float) -> int | None:

@@ -12,11 +12,11 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing.process import BaseProcess
-from typing import IO, TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, NamedTuple, Self, TypeAlias
 
 from . import _engine, _linux
 from ._backends import BackendName, resolve_backend
-from ._child import Child, stop_children
+from ._child import Child, stop_children, wait_for_watch, wait_for_watch_async
 from ._detach import command_argv, spawn_detached
 from ._errors import (
     NotInstalledError,
@@ -25,8 +25,8 @@ from ._errors import (
     StatusLostError,
 )
 from ._orphans import DEFAULT_GRACE, AllScope, wait_for_child, wait_for_child_async
-from ._owners import PidOwner, PopenOwner, ProcessOwner
-from ._registry import Registry
+from ._owners import PidSource, PopenSource, ProcessSource
+from ._registry import Registry, record_exit
 from ._status import ExitStatus
 from ._supervise import (
     Backoff,
@@ -43,7 +43,7 @@ from ._supervise import (
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from ._owners import Owner
+    from ._watch import Watch
 
 logger = logging.getLogger("zombiereaper")
 
@@ -54,6 +54,17 @@ _Arg: TypeAlias = "str | bytes | os.PathLike[str] | os.PathLike[bytes]"
 #: What ``subprocess.Popen`` takes as its first argument.
 Command: TypeAlias = "_Arg | Sequence[_Arg]"
 OnExit: TypeAlias = Callable[[ExitStatus], object]
+_Source: TypeAlias = "PopenSource | ProcessSource | PidSource"
+
+#: Every installed Reaper, for wait(pid) in the all scope and the at-fork reset.
+_installed: weakref.WeakSet[Reaper] = weakref.WeakSet()
+
+
+class _Live(NamedTuple):
+    """A child that a Reaper owns and that has not been settled: its Watch and its handle."""
+
+    watch: Watch
+    child: Child
 
 
 class Reaper:
@@ -140,7 +151,14 @@ class Reaper:
         self._stop_timeout = float(stop_timeout)
         self._registry = Registry(history)
         self._lock = threading.Lock()
-        self._children: dict[int, Child] = {}
+        #: Signalled when the last spawn() or watch() in flight has published its child.
+        self._adoptions_done = threading.Condition(self._lock)
+        self._adoptions = 0
+        #: uninstall() has begun: no new child may be adopted.
+        self._closing = False
+        #: pid -> the live children, published only once fully registered with the engine.
+        self._live: dict[int, _Live] = {}
+        self._records = _ChildRecords(self)
         # Popen and Process objects already watched, so that watching one again, even after
         # it exited, returns the same Child.
         # Keyed by id(): a WeakKeyDictionary would never let go, as each Child holds its target.
@@ -186,7 +204,7 @@ class Reaper:
     def children(self) -> tuple[Child, ...]:
         """The children this Reaper owns that have not been reaped yet."""
         with self._lock:
-            return tuple(self._children.values())
+            return tuple(live.child for live in self._live.values())
 
     # --- installing ---------------------------------------------------------------------------
 
@@ -208,10 +226,10 @@ class Reaper:
                 raise ReaperError(
                     "this Reaper is already installed; pair each install() with one uninstall()"
                 )
-            engine = _engine.acquire(self)
+            engine = _engine.acquire()
             try:
                 if self._scope == "all":
-                    self._all_scope = AllScope(self, self._grace)
+                    self._all_scope = AllScope(_OrphanRecords(self), self._grace)
                     engine.attach_all_scope(self._all_scope)
                 if self._subreaper:
                     self._subreaper_before = _linux.is_child_subreaper()
@@ -220,9 +238,10 @@ class Reaper:
                 if self._all_scope is not None:
                     engine.detach_all_scope(self._all_scope)
                     self._all_scope = None
-                _engine.release(self)
+                _engine.release()
                 raise
             self._engine = engine
+            _installed.add(self)
         return self
 
     def uninstall(self) -> None:
@@ -237,15 +256,17 @@ class Reaper:
         """
         with self._lock:
             engine = self._engine
-            if engine is None:
+            if engine is None or self._closing:
                 return
-            if threading.current_thread() is engine.thread and self._children:
+            if threading.current_thread() is engine.thread and (self._live or self._adoptions):
                 raise ReaperError(
                     "uninstall() cannot stop children from the reaping thread (from on_exit?); "
                     "call it from another thread"
                 )
-            # Cleared under the lock so that a concurrent spawn() sees the Reaper as gone.
-            self._engine = None
+            # From now on spawn() and watch() refuse; those already under way publish their
+            # child first, so that the stop below sees every child (issue 11, race 2).
+            self._closing = True
+            self._adoptions_done.wait_for(lambda: not self._adoptions)
         try:
             with self._lock:
                 services, self._services = self._services, []
@@ -257,6 +278,10 @@ class Reaper:
             self._leave(engine)
 
     def _leave(self, engine: _engine.Engine) -> None:
+        with self._lock:
+            self._engine = None
+            self._closing = False
+        _installed.discard(self)
         try:
             if self._all_scope is not None:
                 # Orphans still in their grace would stay zombies for good once nobody sweeps.
@@ -269,7 +294,7 @@ class Reaper:
                 # Restored, not cleared: an outer init may have made this process a subreaper.
                 _linux.set_child_subreaper(self._subreaper_before)
                 self._subreaper_before = None
-            _engine.release(self)
+            _engine.release()
 
     def __enter__(self) -> Self:
         return self.install()
@@ -284,6 +309,21 @@ class Reaper:
 
     def _stop_children(self, engine: _engine.Engine) -> None:
         stop_children(self.children, self._stop_timeout)
+
+    def _begin_adoption(self, what: str) -> _engine.Engine:
+        """Count a spawn() or watch() in flight (uninstall() waits for it to publish)."""
+        with self._lock:
+            engine = self._engine
+            if engine is None or self._closing:
+                raise self._not_installed(what)
+            self._adoptions += 1
+            return engine
+
+    def _end_adoption(self) -> None:
+        with self._lock:
+            self._adoptions -= 1
+            if not self._adoptions:
+                self._adoptions_done.notify_all()
 
     # --- children -----------------------------------------------------------------------------
 
@@ -307,18 +347,19 @@ class Reaper:
             FileNotFoundError: The program does not exist (as Popen raises it).
             PermissionError: The program cannot be executed (as Popen raises it).
         """
-        engine = self._engine
-        if engine is None:
-            raise self._not_installed("spawn()")
-        with engine.spawning():
-            popen: subprocess.Popen[Any] = subprocess.Popen(args, **popen_kwargs)
-            try:
-                return self._adopt(PopenOwner(popen), popen)
-            except BaseException:
-                # Nothing may be left behind: no process, no zombie, no record.
-                popen.kill()
-                popen.wait()
-                raise
+        engine = self._begin_adoption("spawn()")
+        try:
+            with engine.spawning():
+                popen: subprocess.Popen[Any] = subprocess.Popen(args, **popen_kwargs)
+                try:
+                    return self._adopt(engine, PopenSource(popen), popen, fresh=True)
+                except BaseException:
+                    # Nothing may be left behind: no process, no zombie, no record.
+                    popen.kill()
+                    popen.wait()
+                    raise
+        finally:
+            self._end_adoption()
 
     def watch(self, target: int | subprocess.Popen[Any] | BaseProcess) -> Child:
         """Own a child that other code started, and record its exit like a spawned one's.
@@ -344,12 +385,10 @@ class Reaper:
             TypeError: ``target`` is none of the above.
             ValueError: ``target`` is a Process that has not been started, or a pid <= 0.
         """
-        if self._engine is None:
-            raise self._not_installed("watch()")
-        owner: Owner
+        source: _Source
         key: object | None = None
         if isinstance(target, subprocess.Popen):
-            owner, key = PopenOwner(target), target
+            source, key = PopenSource(target), target
         elif isinstance(target, BaseProcess):
             if target.pid is None:
                 raise ValueError(f"{target!r} has not been started: call start() before watch()")
@@ -359,52 +398,62 @@ class Reaper:
                     f"{target!r} was started by another process; only the process that started "
                     "it can watch it",
                 )
-            owner, key = ProcessOwner(target), target
+            source, key = ProcessSource(target), target
         elif isinstance(target, int) and not isinstance(target, bool):
             if target <= 0:
                 raise ValueError(f"watch() takes the pid of one child (> 0), got {target}")
-            owner = PidOwner(target)
+            source = PidSource(target)
         else:
             raise TypeError(
                 "watch() takes a pid, a subprocess.Popen or a multiprocessing.Process, "
                 f"got {type(target).__name__}"
             )
-        with self._lock:
-            known = self._children.get(owner.pid)
-            if known is None and key is not None:
-                known = self._by_target.get(id(key))
-            if known is not None and (key is None or known._owner_object() is key):
-                return known
+        engine = self._begin_adoption("watch()")
         try:
-            return self._adopt(owner, key)
-        except ChildProcessError:
-            raise NotOurChildError(
-                owner.pid,
-                f"pid {owner.pid} is not a child of this process, or other code has reaped it "
-                "already; watch() takes direct children only (pass the subprocess.Popen or "
-                "multiprocessing.Process itself when there is one)",
-            ) from None
+            with self._lock:
+                live = self._live.get(source.pid)
+                known = live.child if live is not None else None
+                if known is None and key is not None:
+                    known = self._by_target.get(id(key))
+                if known is not None and (key is None or key in (known.popen, known.process)):
+                    return known
+            try:
+                return self._adopt(engine, source, key)
+            except ChildProcessError:
+                raise NotOurChildError(
+                    source.pid,
+                    f"pid {source.pid} is not a child of this process, or other code has reaped "
+                    "it already; watch() takes direct children only (pass the subprocess.Popen "
+                    "or multiprocessing.Process itself when there is one)",
+                ) from None
+        finally:
+            self._end_adoption()
 
-    def _adopt(self, owner: Owner, key: object | None) -> Child:
+    def _adopt(
+        self, engine: _engine.Engine, source: _Source, key: object | None, *, fresh: bool = False
+    ) -> Child:
+        """Register the child with the engine, then publish its handle.
+
+        Published only once fully registered: until then reap(), children, terminate() and
+        uninstall() cannot see it (issue 11, races 1 and 2). A child settled at once (its
+        owner had reaped it) is never published: the sink has recorded it already.
+        """
+        watch = engine.register(source, self._records, self._backend, fresh=fresh)
+        child = Child(
+            watch,
+            engine,
+            args=source.args,
+            popen=source.popen if isinstance(source, PopenSource) else None,
+            process=source.process if isinstance(source, ProcessSource) else None,
+            stop_timeout=self._stop_timeout,
+        )
         with self._lock:
-            engine = self._engine
-            if engine is None:
-                raise self._not_installed("spawn() and watch()")
-            child = Child(self, engine, owner)
-            # Listed before it is watched: the engine may reap it at once, and its exit must
-            # then find it here to remove it.
-            self._children[child.pid] = child
+            # Checked under the lock that the sink takes to drop a settled child: either the
+            # child is published before the sink drops it, or the sink has run already.
+            if watch.watching:
+                self._live[child.pid] = _Live(watch, child)
             if key is not None:
                 self._by_target[id(key)] = child
-        try:
-            engine.watch(child, self._backend)
-        except BaseException:
-            with self._lock:
-                if self._children.get(child.pid) is child:
-                    del self._children[child.pid]
-                if key is not None:
-                    self._by_target.pop(id(key), None)
-            raise
         return child
 
     def supervise(
@@ -532,9 +581,9 @@ class Reaper:
                 left the history).
             WaitTimeout: The child still ran after ``timeout`` seconds (a TimeoutError).
         """
-        child = self._child_for(pid)
-        if child is not None:
-            return child.wait(timeout)
+        watch = self._watch_for(pid)
+        if watch is not None:
+            return wait_for_watch(watch, timeout)
         if self._all_scope is not None:
             try:
                 status = wait_for_child(pid, timeout)
@@ -543,20 +592,22 @@ class Reaper:
             return self._after_waiting(pid, status)
         return self._recorded(pid)
 
-    def _child_for(self, pid: int) -> Child | None:
-        """The live Child for ``pid``: ours, or, in the all scope, another Reaper's."""
+    def _watch_for(self, pid: int) -> Watch | None:
+        """The live Watch for ``pid``: ours, or, in the all scope, another Reaper's."""
         with self._lock:
-            child = self._children.get(pid)
+            live = self._live.get(pid)
+        if live is not None:
+            return live.watch
         engine = self._engine
-        if child is None and self._all_scope is not None and engine is not None:
-            # Another Reaper owns it: it reaps it, so its Child has the status.
-            child = engine.owned_child(pid)
-        return child
+        if self._all_scope is not None and engine is not None:
+            # Another Reaper owns it: it reaps it, so its Watch will have the status.
+            return engine.owned_watch(pid)
+        return None
 
     def _recorded_after(self, pid: int, err: NotOurChildError | StatusLostError) -> ExitStatus:
         # It is no child of ours now, or its owner reaped it while we waited: a record may
         # still tell (ours from the sweep, or the owning Reaper's).
-        status = self._registry.get(pid) or _engine.find_record(pid)
+        status = self._registry.get(pid) or find_record(pid)
         if status is not None:
             return status
         if isinstance(err, NotOurChildError):
@@ -594,9 +645,9 @@ class Reaper:
             NotOurChildError: ``pid`` is not a child this Reaper can wait for (or its record
                 left the history).
         """
-        child = self._child_for(pid)
-        if child is not None:
-            return await child.wait_async()
+        watch = self._watch_for(pid)
+        if watch is not None:
+            return await wait_for_watch_async(watch)
         if self._all_scope is not None:
             try:
                 status = await wait_for_child_async(pid)
@@ -622,9 +673,11 @@ class Reaper:
         if engine is None:
             return []
         reaped: list[ExitStatus] = []
-        for child in self.children:
-            if engine.settle(child) and child.status is not None:
-                reaped.append(child.status)
+        with self._lock:
+            watches = [live.watch for live in self._live.values()]
+        for watch in watches:
+            if engine.settle(watch) and watch.outcome is not None:
+                reaped.append(watch.outcome)
         if self._all_scope is not None:
             reaped.extend(engine.sweep_all_scope())
         return reaped
@@ -692,49 +745,49 @@ class Reaper:
                 for pid in helper_pids:
                     scope.release(pid)
 
-    # --- called by the engine ---------------------------------------------------------------
+    # --- what the engine hands back (through _ChildRecords and _OrphanRecords) -----------
 
-    def _child_exited(self, child: Child, status: ExitStatus | None) -> None:
+    def _record_child(self, watch: Watch) -> None:
+        status = watch.outcome
         if status is not None:
             # Recorded before the child leaves the live set, so wait(pid) always finds it.
-            self._registry._record(status)
-            with self._lock:
-                self._lost.pop(child.pid, None)
+            record_exit(self._registry, status)
         with self._lock:
-            if self._children.get(child.pid) is child:
-                del self._children[child.pid]
-        if status is None:
-            with self._lock:
-                self._lost[child.pid] = None
+            live = self._live.get(watch.pid)
+            if live is not None and live.watch is watch:
+                del self._live[watch.pid]
+            if status is None:
+                self._lost[watch.pid] = None
                 while len(self._lost) > max(self._registry.history, 1):
                     self._lost.popitem(last=False)
+            else:
+                self._lost.pop(watch.pid, None)
+
+    def _announce(self, pid: int, status: ExitStatus | None) -> None:
+        if status is None:
             logger.warning(
                 "pid %d was reaped by other code before zombiereaper could read its exit status",
-                child.pid,
+                pid,
             )
             return
         on_exit = self._on_exit
-        if on_exit is not None:
-            child._engine.call_soon(lambda: self._call_on_exit(on_exit, status))
-
-    def _record_foreign(self, status: ExitStatus, engine: _engine.Engine) -> None:
-        """Record the exit of a child found by the all-scope sweep."""
-        self._registry._record(status)
-        on_exit = self._on_exit
-        if on_exit is not None:
-            engine.call_soon(lambda: self._call_on_exit(on_exit, status))
-
-    def _call_on_exit(self, on_exit: OnExit, status: ExitStatus) -> None:
+        if on_exit is None:
+            return
         try:
             on_exit(status)
-        except Exception:
+        except BaseException:
+            # SystemExit and KeyboardInterrupt too: they would otherwise end the reaping
+            # thread, and every later child would stay a zombie (issue 11, race 3).
             logger.exception("on_exit callback %r failed for %s", on_exit, status)
 
     def _reset_after_fork(self) -> None:
         """Forget the parent's state in a forked child: its children are not ours here."""
         self._lock = threading.Lock()
+        self._adoptions_done = threading.Condition(self._lock)
+        self._adoptions = 0
+        self._closing = False
         self._engine = None
-        self._children = {}
+        self._live = {}
         self._by_target = weakref.WeakValueDictionary()
         self._registry = Registry(self._registry.history)
         self._all_scope = None
@@ -745,5 +798,54 @@ class Reaper:
         state = "installed" if self.installed else "not installed"
         return (
             f"<Reaper scope={self._scope} backend={self._backend} {state} "
-            f"children={len(self._children)} recorded={len(self._registry)}>"
+            f"children={len(self._live)} recorded={len(self._registry)}>"
         )
+
+
+class _ChildRecords:
+    """The sink of a Reaper's children: its registry and live set, then ``on_exit``."""
+
+    def __init__(self, reaper: Reaper) -> None:
+        self._reaper = reaper
+
+    def record(self, watch: Watch) -> None:
+        """Store the outcome (under the watch's lock: no user code)."""
+        self._reaper._record_child(watch)
+
+    def announce(self, watch: Watch) -> None:
+        """Tell ``on_exit`` (on the reaping thread)."""
+        self._reaper._announce(watch.pid, watch.outcome)
+
+
+class _OrphanRecords:
+    """The sink of the all scope: other code's children seen exiting, and orphans."""
+
+    def __init__(self, reaper: Reaper) -> None:
+        self._reaper = reaper
+
+    def record(self, status: ExitStatus) -> None:
+        """Store the status."""
+        record_exit(self._reaper.registry, status)
+
+    def announce(self, status: ExitStatus) -> None:
+        """Tell ``on_exit`` (on the reaping thread)."""
+        self._reaper._announce(status.pid, status)
+
+
+def find_record(pid: int) -> ExitStatus | None:
+    """The latest exit of ``pid`` that any installed Reaper has recorded."""
+    for reaper in list(_installed):
+        status = reaper.registry.get(pid)
+        if status is not None:
+            return status
+    return None
+
+
+def _reset_after_fork() -> None:
+    reapers = list(_installed)
+    _installed.clear()
+    for reaper in reapers:
+        reaper._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)

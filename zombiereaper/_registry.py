@@ -64,3 +64,8 @@ class Registry(Mapping[int, ExitStatus]):
         with self._lock:
             count = len(self._records)
         return f"<Registry {count}/{self._history} exits>"
+
+
+def record_exit(registry: Registry, status: ExitStatus) -> None:
+    """Store ``status`` in ``registry`` (the library's own write access; users only read)."""
+    registry._record(status)

@@ -15,7 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
-from ._child import stop_children
+from . import _engine
+from ._child import on_settled, stop_children
 from ._errors import ReaperError, WaitTimeout
 
 if TYPE_CHECKING:
@@ -344,7 +345,7 @@ class Service:
         replica.started_at = self._clock.now()
         self._unhandled.add(child)
         self._emit(ServiceEvent("started", self.name, replica.index, pid=child.pid))
-        child._add_done_callback(lambda done: self._on_exit(replica, done))
+        on_settled(child, lambda done: self._on_exit(replica, done))
 
     def _on_exit(self, replica: _Replica, child: Child) -> None:
         _close_pipes(child)
@@ -463,7 +464,7 @@ class Service:
         A stop already under way (a give-up, say) keeps its final state: this only waits.
         From the reaping thread nothing blocks: SIGTERM now, SIGKILL from a timer.
         """
-        on_reaping_thread = threading.current_thread() is self._reaper_thread()
+        on_reaping_thread = _engine.is_reaping_thread()
         with self._lock:
             if self._final:
                 return
@@ -499,12 +500,8 @@ class Service:
             # Returns once every exit has been handled: events told, pipes closed.
             self._handled.wait_for(lambda: self._final)
 
-    def _reaper_thread(self) -> threading.Thread | None:
-        engine = self._reaper._engine
-        return engine.thread if engine is not None else None
-
     def _refuse_on_reaping_thread(self, what: str) -> None:
-        if threading.current_thread() is self._reaper_thread():
+        if _engine.is_reaping_thread():
             raise ReaperError(
                 f"{what} waits for copies to exit, which the reaping thread reports: it cannot "
                 "run there (from on_event?); call it from another thread"

@@ -124,8 +124,7 @@ def _leftovers(
     before_setup: frozenset[tuple[int, float]], before_call: frozenset[tuple[int, float]] | None
 ) -> list[psutil.Process]:
     found = []
-    engine = _engine.current()
-    ours = frozenset() if engine is None else engine.helper_pids()
+    ours = _engine.helper_pids()
     for proc in _children():
         key = _key(proc)
         if key is None or key in before_setup or proc.pid in ours or _is_long_lived_helper(proc):

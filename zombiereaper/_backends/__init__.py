@@ -1,83 +1,57 @@
-"""Ways of noticing that a child exited, behind one small interface.
+"""Ways of noticing that a child exited, behind one small facade: :class:`Monitors`.
 
-Each backend module exposes ``open_notifier(pid)``, which returns a ChildNotifier watching one
-child of ours:
+- pidfd (zombiereaper._backends.pidfd): the child's pidfd in the engine's poller; past a few
+  hundred, the oldest are lent to the relay.
+- sigchld (zombiereaper._backends.sigchld): children with no descriptor are checked on every
+  SIGCHLD wakeup and on a safety timer.
+- sentinel (zombiereaper._backends.sentinel): a process that is not our child (a forkserver
+  worker) through the sentinel descriptor its owner holds.
 
-- ``fileno``: a file descriptor that becomes readable when the child exits, or None when the
-  child has to be checked on every SIGCHLD wakeup and on the engine's safety timer;
-- ``peek()``: the raw wait status if the child has exited, without reaping it (None while it
-  runs; ChildProcessError once somebody has reaped it); ``can_peek`` says whether it works;
-- ``reap()``: reap it now if it has exited, returning the raw status (None while it runs);
-- ``send_signal(sig)``: signal it (the caller makes sure it has not been reaped);
-- ``close()``: release what the notifier holds.
-
-``sentinel.SentinelNotifier`` is the plain Notifier (``pid``, ``fileno``, ``close``) for a
-process that is not our child but whose owner holds a sentinel descriptor for it.
-
-:func:`open_notifier` picks the backend, falling back from pidfd to sigchld when the process
-runs out of file descriptors, so that no child is ever left unwatched.
+:func:`open_ref` names a child exactly for the chosen backend, falling back from a pidfd to
+pid and start time when the process runs out of descriptors, so that no child is ever left
+unwatched. The rest of the library asks :class:`Monitors` to watch a Watch and never which
+backend or platform it is on.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-from typing import Final, Literal, Protocol
+import select
+import time
+from typing import TYPE_CHECKING, Final, Literal
 
+from .. import _process
 from .._errors import BackendUnavailableError
-from . import pidfd, sigchld
+from .._process import OUT_OF_DESCRIPTORS, ProcessRef
+from .pidfd import PidfdMonitor
+from .sentinel import Sentinel, SentinelMonitor
+from .sigchld import SweepMonitor
+
+if TYPE_CHECKING:
+    from .._watch import Watch
+    from .loop import Loop
+
+__all__ = [
+    "BACKEND_NAMES",
+    "BackendName",
+    "Monitors",
+    "Sentinel",
+    "can_use_pidfd",
+    "open_ref",
+    "resolve_backend",
+]
 
 BackendName = Literal["pidfd", "sigchld"]
 BACKEND_NAMES: Final[tuple[BackendName, ...]] = ("pidfd", "sigchld")
 
-# Out of descriptors or kernel memory: take the fallback for this child (psutil #2712).
-_FALLBACK_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
-
 logger = logging.getLogger("zombiereaper")
-
-
-class Notifier(Protocol):
-    """Tells the engine when a process may have ended; see the module docstring."""
-
-    @property
-    def pid(self) -> int:
-        """The process's pid."""
-        ...
-
-    @property
-    def fileno(self) -> int | None:
-        """A descriptor readable once the process ends, or None when it must be swept."""
-        ...
-
-    def close(self) -> None:
-        """Release what the notifier holds; it must not be used afterwards."""
-        ...
-
-
-class ChildNotifier(Notifier, Protocol):
-    """A notifier for a child of ours, which it can also read, reap and signal."""
-
-    @property
-    def can_peek(self) -> bool:
-        """Whether :meth:`peek` works here (it needs waitid with WNOWAIT)."""
-        ...
-
-    def peek(self) -> int | None:
-        """The raw wait status if the child has exited, without reaping; None while it runs."""
-        ...
-
-    def reap(self) -> int | None:
-        """Reap the child if it has exited and return its raw wait status; None while it runs."""
-        ...
-
-    def send_signal(self, sig: int) -> None:
-        """Send ``sig`` to the child."""
-        ...
 
 
 def can_use_pidfd() -> bool:
     """Whether the pidfd backend works here (Linux 5.4+, with os.pidfd_open and epoll)."""
-    return pidfd.is_available()
+    # Asked through the module, so that one patch of the probe turns pidfds off everywhere.
+    return _process.can_use_pidfd() and hasattr(select, "epoll")
 
 
 def resolve_backend(name: str | None) -> BackendName:
@@ -100,21 +74,51 @@ def resolve_backend(name: str | None) -> BackendName:
     return "pidfd" if name == "pidfd" else "sigchld"
 
 
-def open_notifier(pid: int, backend: BackendName) -> ChildNotifier:
-    """Start watching ``pid`` with ``backend``, or with sigchld when pidfds have run out.
+def open_ref(pid: int, backend: BackendName) -> ProcessRef:
+    """Name the unreaped child ``pid`` for ``backend`` (by pid and start time when out of fds).
 
     Raises:
         ChildProcessError: ``pid`` is not an unreaped child of this process.
     """
     if backend == "pidfd":
         try:
-            return pidfd.open_notifier(pid)
+            return ProcessRef.open(pid, pidfd=True)
         except OSError as err:
-            if err.errno not in _FALLBACK_ERRNOS:
+            if isinstance(err, ChildProcessError) or err.errno not in OUT_OF_DESCRIPTORS:
                 raise
+            # Out of descriptors (psutil #2712): this child is swept instead, nothing lost.
             logger.warning(
                 "no pidfd for pid %d (%s); watching it through SIGCHLD sweeps instead",
                 pid,
                 errno.errorcode.get(err.errno or 0, err.errno),
             )
-    return sigchld.open_notifier(pid)
+    return ProcessRef.open(pid, pidfd=False)
+
+
+class Monitors:
+    """Every way the engine notices exits; picks the right one for each Watch."""
+
+    def __init__(self, loop: Loop) -> None:
+        self.sweep = SweepMonitor(loop, time.monotonic())
+        self._has_poller = loop.has_poller
+        self.pidfd = PidfdMonitor(loop, self.sweep)
+        self.sentinel = SentinelMonitor(loop)
+
+    def add(self, watch: Watch) -> None:
+        """Start noticing ``watch``'s exit, by the kind of notice it holds."""
+        notice = watch.notice
+        fd = None if notice is None else notice.fileno
+        if fd is None or not self._has_poller:
+            self.sweep.add(watch)
+        elif isinstance(notice, ProcessRef):
+            self.pidfd.add(watch, fd)
+        else:
+            self.sentinel.add(watch, fd)
+
+    def helper_pids(self) -> frozenset[int]:
+        """Pids of the backends' own helper processes (the relay)."""
+        return self.pidfd.helper_pids()
+
+    def close(self) -> None:
+        """The engine is stopping: stop the helpers."""
+        self.pidfd.close()

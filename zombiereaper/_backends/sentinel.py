@@ -7,10 +7,19 @@ the fork server is their parent, reaps them, and writes their status into the se
 from __future__ import annotations
 
 import select
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .._watch import Watch
+    from .loop import Loop
 
 
-class SentinelNotifier:
-    """Watches a descriptor that turns readable once the process has ended and been reaped."""
+class Sentinel:
+    """The notice of a process that is not our child: a descriptor its owner holds.
+
+    It turns readable once the process has ended (and been reaped by its parent).
+    """
 
     __slots__ = ("_fd", "_pid")
 
@@ -35,3 +44,33 @@ class SentinelNotifier:
 
     def close(self) -> None:
         """Nothing to release: the sentinel belongs to the owner."""
+
+
+class SentinelMonitor:
+    """Watches sentinels in the engine's poller."""
+
+    def __init__(self, loop: Loop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._watches: dict[int, Watch] = {}
+
+    def add(self, watch: Watch, fd: int) -> None:
+        """Settle ``watch`` when ``fd`` (its sentinel) turns readable."""
+        with self._lock:
+            self._watches[fd] = watch
+            watch.monitor, watch.slot = self, fd
+            self._loop.add_reader(fd, lambda: self._loop.settle_now(watch))
+
+    def remove(self, watch: Watch) -> None:
+        """Stop watching ``watch`` (settled)."""
+        fd = watch.slot
+        with self._lock:
+            if isinstance(fd, int) and self._watches.get(fd) is watch:
+                del self._watches[fd]
+                self._loop.remove_reader(fd)
+        watch.monitor = watch.slot = None
+
+    def count(self) -> int:
+        """How many sentinels are watched."""
+        with self._lock:
+            return len(self._watches)

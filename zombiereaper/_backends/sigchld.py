@@ -1,75 +1,134 @@
-"""The portable backend: SIGCHLD wakeups and a timer, then a non-blocking check of each pid.
+"""The portable backend: SIGCHLD wakeups and a timer, then a non-blocking check of each child.
 
-Serves macOS, kernels without pidfd, and children whose pidfd could not be opened (EMFILE).
-It never calls waitpid(-1): each owned pid is checked on its own, so a sweep costs O(n) in
-the number of children watched this way (dotnet/corefx #26291 shows why that matters).
+Serves macOS, kernels without pidfd, children whose pidfd could not be opened (EMFILE), and
+children whose pidfd the relay held when it died. It never calls waitpid(-1): each child is
+checked on its own through its ProcessRef (pid and start time), so a sweep costs O(n) in the
+number of children watched this way (dotnet/corefx #26291 shows why that matters), and a
+stolen status is never mistaken for another child's that took the pid (issue 11, race 6).
 """
 
 from __future__ import annotations
 
-import os
+import threading
+from typing import TYPE_CHECKING, Final
 
-from .._status import wait_status_from_waitid
+from .. import _sighandler
 
-HAS_WAITID = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
+if TYPE_CHECKING:
+    from .._watch import Watch
+    from .loop import Loop
 
+#: How often swept children are checked even without a wakeup: a Python-level SIGCHLD handler
+#: cannot run while the main thread sits in a long C call, so the timer is what bounds the delay.
+SAFETY_SWEEP_INTERVAL: Final = 0.1
 
-class SigchldNotifier:
-    """Watches one child by its pid, checked on every sweep."""
-
-    __slots__ = ("_pid",)
-
-    def __init__(self, pid: int) -> None:
-        self._pid = pid
-
-    @property
-    def pid(self) -> int:
-        """The child's pid."""
-        return self._pid
-
-    @property
-    def fileno(self) -> int | None:
-        """Always None: this child is checked on every sweep."""
-        return None
-
-    @property
-    def can_peek(self) -> bool:
-        """Whether peek() works: it needs waitid with WNOWAIT, which macOS lacks."""
-        return HAS_WAITID
-
-    def peek(self) -> int | None:
-        """The child's raw wait status if it has exited, leaving it to be reaped.
-
-        Only where :attr:`can_peek` is True.
-        """
-        result = os.waitid(os.P_PID, self._pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        if result is None:
-            return None
-        return wait_status_from_waitid(result.si_code, result.si_status)
-
-    def reap(self) -> int | None:
-        """Reap the child if it has exited."""
-        pid, status = os.waitpid(self._pid, os.WNOHANG)
-        if pid == 0:
-            return None
-        return status
-
-    def send_signal(self, sig: int) -> None:
-        """Signal the pid; the caller holds the reap lock, so the pid is still this child's."""
-        os.kill(self._pid, sig)
-
-    def close(self) -> None:
-        """Nothing to release."""
+#: The first pause after a sweep triggered by a wakeup that found nothing. It doubles while
+#: wakeups keep finding nothing, up to SAFETY_SWEEP_INTERVAL, so a storm of spurious SIGCHLD
+#: cannot spin a core (go-reap PR #1); a sweep that finds an exit resets it.
+_FIRST_QUIET_PERIOD: Final = 0.001
 
 
-def open_notifier(pid: int) -> SigchldNotifier:
-    """Watch ``pid`` through sweeps, after checking that it is an unreaped child of ours.
+class SweepSchedule:
+    """When to sweep: on wakeups, but not in a storm, and on a timer.
 
-    Raises:
-        ChildProcessError: ``pid`` is not an unreaped child of this process (checked where
-            waitid exists).
+    A wakeup asks for a sweep. After a sweep that found nothing, the next one asked for by a
+    wakeup waits a quiet period that doubles up to SAFETY_SWEEP_INTERVAL, so a storm of
+    spurious SIGCHLD costs a bounded number of sweeps (go-reap PR #1); a sweep that finds an
+    exit ends the quiet period. The timer sweeps every SAFETY_SWEEP_INTERVAL regardless, which
+    is what bounds the delay when no handler can run (prior-art pitfall 4).
     """
-    notifier = SigchldNotifier(pid)
-    if HAS_WAITID:
-        notifier.peek()
-    return notifier
+
+    def __init__(self, now: float) -> None:
+        self._last_sweep = now
+        self._quiet_period = 0.0
+        self._quiet_until = now
+        self._pending = False
+
+    def timeout(self, now: float) -> float:
+        """Seconds until the next sweep is due."""
+        deadline = self._last_sweep + SAFETY_SWEEP_INTERVAL
+        if self._pending:
+            deadline = min(deadline, self._quiet_until)
+        return max(0.0, deadline - now)
+
+    def note_wakeup(self) -> None:
+        """Something may have exited: ask for a sweep."""
+        self._pending = True
+
+    def is_due(self, now: float) -> bool:
+        """Whether a sweep should run now."""
+        return (self._pending and now >= self._quiet_until) or (
+            now - self._last_sweep >= SAFETY_SWEEP_INTERVAL
+        )
+
+    def record_sweep(self, now: float, found: int) -> None:
+        """A sweep ran at ``now`` and reaped ``found`` children."""
+        self._last_sweep = now
+        self._pending = False
+        if found:
+            self._quiet_period = 0.0
+        else:
+            self._quiet_period = min(
+                max(self._quiet_period * 2, _FIRST_QUIET_PERIOD), SAFETY_SWEEP_INTERVAL
+            )
+        self._quiet_until = now + self._quiet_period
+
+
+class SweepMonitor:
+    """Watches the children that have no descriptor to wait on: each is checked every sweep."""
+
+    def __init__(self, loop: Loop, now: float) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._watches: set[Watch] = set()
+        self._schedule = SweepSchedule(now)
+        #: Sweeps so far (read by tests of the storm guard).
+        self.sweeps = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether any child is watched this way (then SIGCHLD must wake the loop)."""
+        return bool(self._watches)
+
+    def add(self, watch: Watch) -> None:
+        """Check ``watch`` on every sweep from now on."""
+        with self._lock:
+            self._watches.add(watch)
+            watch.monitor, watch.slot = self, None
+        self._loop.sweep_needed()
+        # A SIGCHLD that came before the child was in the set woke nobody for it.
+        _sighandler.wake()
+
+    def remove(self, watch: Watch) -> None:
+        """Stop checking ``watch`` (settled)."""
+        with self._lock:
+            self._watches.discard(watch)
+        watch.monitor = None
+        self._loop.sweep_needed()
+
+    def timeout(self, now: float) -> float | None:
+        """Seconds until the next sweep is due, or None when nothing is watched this way."""
+        return self._schedule.timeout(now) if self._watches else None
+
+    def note_wakeup(self) -> None:
+        """A SIGCHLD (or another wakeup) came: something may have exited."""
+        self._schedule.note_wakeup()
+
+    def sweep_if_due(self, now: float) -> None:
+        """Check every swept child if a sweep is due."""
+        if not self._schedule.is_due(now):
+            return
+        found = self.sweep() if self._watches else 0
+        self._schedule.record_sweep(now, found)
+
+    def sweep(self) -> int:
+        """Check every swept child now; return how many were settled."""
+        self.sweeps += 1
+        with self._lock:
+            candidates = list(self._watches)
+        return sum(self._loop.settle_now(watch) for watch in candidates)
+
+    def count(self) -> int:
+        """How many children are watched this way."""
+        with self._lock:
+            return len(self._watches)

@@ -1,0 +1,86 @@
+"""The few internals that tests look at, in one place: when the core moves, only this changes.
+
+Tests read the engine's state (how many pidfds are lent, whether a relay runs, how a child is
+watched) and lower its thresholds; nothing here changes behaviour but those knobs.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from zombiereaper import Child, _engine
+from zombiereaper._backends.pidfd import PidfdMonitor
+from zombiereaper._watch import Watch
+
+
+def engine_now() -> _engine.Engine:
+    """The running engine (a Reaper must be installed)."""
+    engine = _engine.current()
+    assert engine is not None, "no Reaper is installed"
+    return engine
+
+
+def watch_of(child: Child) -> Watch:
+    """The engine's record of ``child``."""
+    return child._watch
+
+
+def is_swept(child: Child) -> bool:
+    """Whether ``child`` is watched by sweeps (no descriptor of its own)."""
+    notice = watch_of(child).notice
+    return notice is None or notice.fileno is None
+
+
+def async_waiters(child: Child) -> int:
+    """How many event-loop waiters ``child`` has."""
+    return len(watch_of(child)._async_waiters)
+
+
+def sweeps() -> int:
+    """How many sweeps of the swept children the engine has made."""
+    return engine_now().monitors.sweep.sweeps
+
+
+def relay_pid() -> int | None:
+    """The relay's pid, while one runs."""
+    pids = _engine.helper_pids()
+    return next(iter(pids)) if pids else None
+
+
+def lent_count() -> int:
+    """How many pidfds the relay holds."""
+    return engine_now().monitors.pidfd.count()[1]
+
+
+def pidfds_here() -> int:
+    """How many of its own pidfds the engine watches in this process."""
+    return engine_now().monitors.pidfd.count()[0]
+
+
+def lent_pids() -> set[int]:
+    """The pids of the children whose pidfd the relay holds."""
+    monitor = engine_now().monitors.pidfd
+    with monitor._lock:
+        return {watch.pid for watch in monitor._lent.values()}
+
+
+def lower_relay_thresholds(monkeypatch: pytest.MonkeyPatch, above: int, keep: int) -> None:
+    """Lend past ``above`` pidfds, down to ``keep``, so a handful of children uses the relay."""
+    monkeypatch.setattr(PidfdMonitor, "lend_above", above)
+    monkeypatch.setattr(PidfdMonitor, "lend_keep", keep)
+
+
+def set_relay_timing(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    hello: float | None = None,
+    ping: float | None = None,
+    answer: float | None = None,
+) -> None:
+    """Shorten how long a relay has to say hello, how often it is pinged, and to answer."""
+    if hello is not None:
+        monkeypatch.setattr(PidfdMonitor, "relay_hello_timeout", hello)
+    if ping is not None:
+        monkeypatch.setattr(PidfdMonitor, "relay_ping_interval", ping)
+    if answer is not None:
+        monkeypatch.setattr(PidfdMonitor, "relay_answer_timeout", answer)

@@ -1,0 +1,116 @@
+"""The descriptors that zombiereaper holds, which a process forked from ours must not keep.
+
+Linux has no close-on-fork flag: ``os.fork()`` copies every descriptor, and a forked child
+(a multiprocessing "fork" worker, a daemon) would keep the parent's pidfds, epoll and relay
+socket for its whole life. A relay whose socket a forked child still holds never sees the
+engine's end close; a pidfd kept there pins nothing but is a leak (issue 11, race 9: 7 forks
+in 100 kept a pidfd taken between two steps of lending).
+
+So every descriptor the library opens is tracked here, and every step that opens, hands over
+or closes one runs under :data:`_lock`, which the before-fork hook takes too. A fork thus
+happens between steps, never in the middle of one, and the forked child closes exactly what
+is tracked. Steps under the lock never block: pidfd_open, close, non-blocking sendmsg/recvmsg.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+_lock = threading.Lock()
+#: fd -> how to close it (None: os.close). Socket objects close through their own close(),
+#: which also marks them closed, so that their finalizer never closes a reused number.
+_tracked: dict[int, Callable[[], None] | None] = {}
+#: Bumped in each forked child: a descriptor number noted before the fork means nothing after.
+_generation = 0
+
+
+def generation() -> int:
+    """The process's fork generation: descriptors tracked in another one are already closed."""
+    return _generation
+
+
+@contextlib.contextmanager
+def step() -> Iterator[None]:
+    """Run one step on descriptors without a fork in its middle (it must not block)."""
+    with _lock:
+        yield
+
+
+def track(fd: int, closer: Callable[[], None] | None = None) -> None:
+    """Note ``fd`` as ours (call within :func:`step`, right where it was opened or received)."""
+    _tracked[fd] = closer
+
+
+def untrack(fd: int) -> None:
+    """Stop tracking ``fd``, which the caller closes or has handed over (within :func:`step`)."""
+    _tracked.pop(fd, None)
+
+
+def close(fd: int, born: int) -> None:
+    """Close the tracked ``fd`` opened in fork generation ``born`` (nothing if from another)."""
+    with _lock:
+        if born != _generation:
+            return  # the parent's: already closed at the fork, and the number may be reused
+        _tracked.pop(fd, None)
+        os.close(fd)
+
+
+def close_with(fd: int, born: int, closer: Callable[[], None]) -> None:
+    """Close the tracked ``fd`` through its object's ``closer`` (nothing if from another fork)."""
+    with _lock:
+        if born != _generation:
+            return
+        _tracked.pop(fd, None)
+        closer()
+
+
+def snapshot() -> frozenset[int]:
+    """The descriptors tracked now (the all scope tells our pidfds from other code's)."""
+    with _lock:
+        return frozenset(_tracked)
+
+
+def count() -> int:
+    """How many descriptors are tracked (for tests and the benchmarks)."""
+    with _lock:
+        return len(_tracked)
+
+
+def _before_fork() -> None:
+    _lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _generation
+    # The forking thread took the lock in _before_fork; in the child it is simply replaced.
+    _lock = threading.Lock()
+    _generation += 1
+    tracked = list(_tracked.items())
+    _tracked.clear()
+    for fd, closer in tracked:
+        try:
+            if closer is None:
+                os.close(fd)
+            else:
+                closer()
+        except OSError:
+            pass
+
+
+# Registered first of all our hooks (this module is imported before any other of ours that
+# holds descriptors), so the child's later hooks find the descriptors already closed.
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)

@@ -1,0 +1,503 @@
+"""Every call that waits on, peeks at or signals a child: one home, and exact process identity.
+
+A pid names a process only until that process is reaped; after that the kernel may give it to
+a stranger. So a process is the same one only by its pidfd, or by its pid *and* its start
+time (``/proc/PID/stat``, clock ticks since boot). :class:`ProcessRef` holds one of the two
+from the moment it is opened, and every peek, reap and signal goes through it:
+
+- with a pidfd: ``waitid(P_PIDFD)`` and ``pidfd_send_signal`` name exactly that process, reaped
+  or not (a reaped one answers ECHILD or ESRCH, never a stranger's status);
+- by pid and start time (the sigchld backend, a pidfd lent to the relay): an answer read by
+  pid counts only if the start time still matches afterwards; reaping and signalling open a
+  pidfd for the moment and check the start time once it is open, so the call reaches the
+  process that was checked. Where pidfds are missing the check comes right before the call,
+  and the window left between the two is documented at :meth:`ProcessRef.send_signal`.
+
+The errnos, once for all the functions below:
+
+- ECHILD (ChildProcessError) from waitid: no unreaped child of ours by that pid or pidfd;
+  somebody reaped it (its owner's wait, or a stranger's waitpid(-1)).
+- ESRCH (ProcessLookupError) from pidfd_open, kill, pidfd_send_signal: no such process (for a
+  pidfd: it has been reaped).
+- EMFILE/ENFILE/ENOMEM from pidfd_open: out of descriptors; callers fall back to the pid.
+- EINVAL from pidfd_send_signal with PIDFD_SIGNAL_PROCESS_GROUP: a kernel before 6.9.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import signal
+from typing import TYPE_CHECKING, Final
+
+from . import _fds, _linux
+from ._status import wait_status_from_waitid
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+#: waitid options: read an exit without reaping, and reap one, never blocking.
+PEEK: Final = os.WEXITED | os.WNOHANG | getattr(os, "WNOWAIT", 0)
+REAP: Final = os.WEXITED | os.WNOHANG
+
+#: pidfd_send_signal flag (Linux 6.9): signal the process group whose id is the pidfd's pid.
+PIDFD_SIGNAL_PROCESS_GROUP: Final = 1 << 2
+
+#: pidfd_open failures that mean "out of descriptors or memory", not "no such process".
+OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+class ProcessGone(ChildProcessError):
+    """The process a ProcessRef names is no longer an unreaped child of ours: it was reaped."""
+
+
+# --- capabilities ------------------------------------------------------------------------------
+
+
+def can_peek() -> bool:
+    """Whether waitid with WNOWAIT works here (not on macOS), to read an exit without reaping."""
+    return hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
+
+
+@functools.cache
+def can_use_pidfd() -> bool:
+    """Probe once whether pidfd_open, waitid(P_PIDFD) and pidfd_send_signal work here."""
+    needed = (
+        hasattr(os, "pidfd_open")
+        and hasattr(os, "P_PIDFD")
+        and can_peek()
+        and hasattr(signal, "pidfd_send_signal")
+    )
+    if not needed:
+        return False
+    try:
+        fd = os.pidfd_open(os.getpid())
+    except OSError:
+        # ENOSYS on kernels before 5.3, EPERM under some seccomp profiles.
+        return False
+    try:
+        # Linux 5.3 has pidfd_open but not waitid(P_PIDFD) (5.4): that gives EINVAL. On our
+        # own pidfd a working waitid answers ECHILD: we are not our own child.
+        os.waitid(os.P_PIDFD, fd, REAP)
+    except ChildProcessError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+@functools.cache
+def can_signal_group_by_pidfd() -> bool:
+    """Probe once whether pidfd_send_signal takes PIDFD_SIGNAL_PROCESS_GROUP (Linux 6.9+)."""
+    if not can_use_pidfd():
+        return False
+    fd = os.pidfd_open(os.getpid())
+    try:
+        # Signal 0 checks without sending; our own group exists, so only EINVAL can refuse.
+        signal.pidfd_send_signal(fd, 0, None, PIDFD_SIGNAL_PROCESS_GROUP)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+# --- plain calls by pid ------------------------------------------------------------------
+
+
+def _status(result: os.waitid_result | None) -> int | None:
+    if result is None:
+        return None
+    return wait_status_from_waitid(result.si_code, result.si_status)
+
+
+def peek_pid(pid: int) -> int | None:
+    """The raw wait status of the exited child ``pid``, not reaped; None while it runs.
+
+    Whatever process has the pid now answers: callers that need *a given* process use a
+    :class:`ProcessRef`.
+
+    Raises:
+        ChildProcessError: No unreaped child of ours has this pid.
+    """
+    return _status(os.waitid(os.P_PID, pid, PEEK))
+
+
+def reap_pid(pid: int) -> int | None:
+    """Reap the child ``pid`` if it has exited (whatever process has the pid now).
+
+    Raises:
+        ChildProcessError: No unreaped child of ours has this pid.
+    """
+    if not can_peek():
+        reaped, raw = os.waitpid(pid, os.WNOHANG)
+        return raw if reaped else None
+    return _status(os.waitid(os.P_PID, pid, REAP))
+
+
+def has_zombie_child() -> bool:
+    """Whether this process has any child that has exited and not been reaped.
+
+    ``waitid(P_ALL, WNOWAIT)`` answers this, but cannot enumerate: it returns the same first
+    zombie every time (prior art, pitfall 2); /proc lists them (zombiereaper._linux).
+    """
+    try:
+        return os.waitid(os.P_ALL, 0, PEEK) is not None
+    except ChildProcessError:
+        return False
+
+
+def open_pidfd(pid: int) -> int:
+    """Open a pidfd for ``pid``, tracked so that a forked child closes it.
+
+    Raises:
+        ProcessLookupError: No process has this pid.
+        OSError: EMFILE/ENFILE/ENOMEM (see OUT_OF_DESCRIPTORS), or pidfds are unsupported.
+    """
+    with _fds.step():
+        fd = os.pidfd_open(pid)
+        _fds.track(fd)
+    return fd
+
+
+def peek_pidfd(fd: int) -> int | None:
+    """The raw wait status behind a pidfd if its process has exited, not reaped.
+
+    Raises:
+        ChildProcessError: The pidfd names no unreaped child of ours (any more).
+    """
+    return _status(os.waitid(os.P_PIDFD, fd, PEEK))
+
+
+def reap_pidfd(fd: int) -> int | None:
+    """Reap the process behind a pidfd if it has exited.
+
+    Raises:
+        ChildProcessError: The pidfd names no unreaped child of ours (any more).
+    """
+    return _status(os.waitid(os.P_PIDFD, fd, REAP))
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of whatever process has ``pid`` now (None: none, or no /proc).
+
+    Raises:
+        OSError: /proc could not be read (EMFILE: out of descriptors): it cannot be told.
+    """
+    stat = _linux.read_stat(pid)
+    return None if stat is None else stat.start_time
+
+
+def send_signal_checked(
+    pid: int, sig: int, still_ours: Callable[[], bool], *, group: bool = False
+) -> bool:
+    """Signal ``pid`` (``group``: its group) only if ``still_ours()``, asked with a pidfd open.
+
+    True from the check, with the pidfd opened before it, means the pidfd names the process
+    the check was about, so the signal cannot reach one that took the pid since.
+
+    Returns:
+        Whether the signal was sent.
+    """
+    try:
+        fd = _open_pidfd_or_none(pid)
+    except ProcessLookupError:
+        return False
+    if fd is None:
+        # No pidfds here (or none left): check, then signal. The window left is the process
+        # being reaped and its pid handed to a new one between the two calls.
+        if not still_ours():
+            return False
+        return _kill(pid, sig, group=group)
+    born = _fds.generation()
+    try:
+        if not still_ours():
+            return False
+        return _signal_pidfd(fd, pid, sig, group)
+    finally:
+        _fds.close(fd, born)
+
+
+def _signal_pidfd(fd: int, pid: int, sig: int, group: bool) -> bool:
+    """Signal the process behind ``fd`` (``group``: the process group it leads)."""
+    try:
+        if not group:
+            signal.pidfd_send_signal(fd, sig)
+            return True
+        if can_signal_group_by_pidfd():
+            signal.pidfd_send_signal(fd, sig, None, PIDFD_SIGNAL_PROCESS_GROUP)
+            return True
+        # Before 6.9: by group id, while the leader is unreaped (so the id is its own).
+        try:
+            peek_pidfd(fd)
+        except ChildProcessError:
+            return False
+        return _kill(pid, sig, group=True)
+    except ProcessLookupError:
+        return False
+
+
+def _open_pidfd_or_none(pid: int) -> int | None:
+    """A pidfd for ``pid``, or None where pidfds are missing or have run out.
+
+    Raises:
+        ProcessLookupError: No process has this pid.
+    """
+    if not can_use_pidfd():
+        return None
+    try:
+        return open_pidfd(pid)
+    except ProcessLookupError:
+        raise
+    except OSError as err:
+        if err.errno in OUT_OF_DESCRIPTORS:
+            return None
+        raise
+
+
+def _kill(pid: int, sig: int, *, group: bool = False) -> bool:
+    try:
+        if group:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# --- one process, named exactly ----------------------------------------------------------
+
+
+class ProcessRef:
+    """One child of ours, named by its pidfd, or by its pid and start time.
+
+    Not thread-safe: its owner (a Watch) uses it under its own lock. Open with :meth:`open`.
+
+    Attributes:
+        pid: The child's pid.
+    """
+
+    __slots__ = ("_born", "_fd", "_start", "pid")
+
+    def __init__(self, pid: int, fd: int | None, start: int | None) -> None:
+        self.pid = pid
+        self._fd = fd
+        self._start = start
+        self._born = _fds.generation()
+
+    @classmethod
+    def open(cls, pid: int, *, pidfd: bool) -> ProcessRef:
+        """Name the unreaped child ``pid``: by a pidfd if ``pidfd``, else by its start time.
+
+        The caller makes sure that ``pid`` still names the child it means (it has just
+        started it, or holds the lock of the child's only other waiter): a reaped child's pid
+        may name a stranger by now.
+
+        Raises:
+            ChildProcessError: ``pid`` is not an unreaped child of ours.
+            OSError: ``pidfd`` and descriptors have run out (EMFILE...): the caller falls back.
+        """
+        if pidfd:
+            try:
+                fd = open_pidfd(pid)
+            except ProcessLookupError:
+                raise ChildProcessError(f"no process has pid {pid}") from None
+            ref = cls(pid, fd, None)
+            try:
+                peek_pidfd(fd)  # ECHILD: it names no child of ours (reaped and reused?)
+            except BaseException:
+                ref.close()
+                raise
+            return ref
+        start = _start_time_of_child(pid)
+        return cls(pid, None, start)
+
+    # --- identity -------------------------------------------------------------------------
+
+    @property
+    def fileno(self) -> int | None:
+        """The pidfd, readable once the process has exited; None when named by start time."""
+        return self._fd
+
+    def _is_same(self) -> bool:
+        """Whether the process that has the pid now is this one (by start time)."""
+        if self._start is None:
+            return True  # no /proc here: a pid is all there is (documented window)
+        try:
+            return start_time(self.pid) == self._start
+        except OSError:
+            # Out of descriptors, /proc cannot be read: the pid is all there is for now.
+            return True
+
+    # --- reading and reaping ------------------------------------------------------------------
+
+    def peek(self) -> int | None:
+        """The raw wait status if it has exited, not reaped; None while it runs.
+
+        Raises:
+            ProcessGone: It has been reaped (by its owner, or a stranger's waitpid).
+        """
+        if self._fd is not None:
+            try:
+                return peek_pidfd(self._fd)
+            except ChildProcessError:
+                raise ProcessGone(self.pid) from None
+        try:
+            raw = peek_pid(self.pid)
+        except ChildProcessError:
+            raise ProcessGone(self.pid) from None
+        # "Running" needs no identity: had it been reaped and its pid reused by another child
+        # of ours, that one's exit is what shows up here, and is checked then. An exit counts
+        # only if this process still has the pid after the read: it had it before (since it
+        # was opened), so it had it at the read.
+        if raw is not None and not self._is_same():
+            raise ProcessGone(self.pid)
+        return raw
+
+    def reap(self) -> int | None:
+        """Reap it if it has exited, and return its raw wait status; None while it runs.
+
+        Raises:
+            ProcessGone: It has been reaped already (by its owner, or a stranger's waitpid).
+        """
+        try:
+            if self._fd is not None:
+                return reap_pidfd(self._fd)
+            fd = _open_pidfd_or_none(self.pid)
+            if fd is None:
+                if not self._is_same():
+                    raise ProcessGone(self.pid)
+                return reap_pid(self.pid)
+            born = _fds.generation()
+            try:
+                # The pidfd was opened first: if the pid still names this process after, the
+                # pidfd names it too, and reaping through it cannot take a stranger's status.
+                if not self._is_same():
+                    raise ProcessGone(self.pid)
+                return reap_pidfd(fd)
+            finally:
+                _fds.close(fd, born)
+        except ProcessLookupError:
+            raise ProcessGone(self.pid) from None
+        except ChildProcessError as err:
+            if isinstance(err, ProcessGone):
+                raise
+            raise ProcessGone(self.pid) from None
+
+    # --- signals --------------------------------------------------------------------------
+
+    def send_signal(self, sig: int, *, group: bool = False) -> bool:
+        """Send ``sig`` to this process (``group``: to the process group it leads).
+
+        Never reaches a process that took the pid: through the pidfd; or through a pidfd
+        opened for the call and checked against the start time. For a group the kernel's
+        PIDFD_SIGNAL_PROCESS_GROUP (6.9+) is exact even once the leader is reaped; before
+        6.9 the group is signalled by id only while the leader is provably unreaped (its
+        pid, hence the group id, cannot be reused then), so the caller holds whatever lock
+        keeps other waiters from reaping it. Without pidfds the check comes right before
+        ``kill``: the window left is the process being reaped by another waiter and its pid
+        reused between the two calls.
+
+        Returns:
+            Whether a signal was sent (False: the process is gone).
+        """
+        if self._fd is not None:
+            return _signal_pidfd(self._fd, self.pid, sig, group)
+        try:
+            fd = _open_pidfd_or_none(self.pid)
+        except ProcessLookupError:
+            return False
+        if fd is None:
+            if not self._is_same() or (group and not self._is_unreaped_child()):
+                return False
+            return _kill(self.pid, sig, group=group)
+        born = _fds.generation()
+        try:
+            if not self._is_same():
+                return False
+            return _signal_pidfd(fd, self.pid, sig, group)
+        finally:
+            _fds.close(fd, born)
+
+    def _is_unreaped_child(self) -> bool:
+        if not can_peek():
+            return True  # nothing better to ask on this system
+        try:
+            peek_pid(self.pid)
+        except ChildProcessError:
+            return False
+        return True
+
+    # --- handing the pidfd over (the relay) -------------------------------------------------
+
+    def lend(self) -> int | None:
+        """Give up the pidfd, going on by pid and start time; return the pidfd (still tracked).
+
+        The start time is read while the pidfd proves that the pid is still this running
+        process. None, and nothing changes, when that cannot be proven: it has exited or been
+        reaped (settle it instead), or there is no /proc.
+        """
+        fd = self._fd
+        if fd is None:
+            return None
+        try:
+            start = start_time(self.pid)
+            if start is None or peek_pidfd(fd) is not None:
+                return None
+        except OSError:  # ECHILD: reaped; EMFILE: /proc unreadable
+            return None
+        # Running at the peek, after the read: the read was of this process.
+        self._fd, self._start = None, start
+        return fd
+
+    def take_back(self, fd: int) -> None:
+        """Own a pidfd for this process again (the relay returned it, under another number)."""
+        self._fd = fd
+        self._born = _fds.generation()
+
+    def close(self) -> None:
+        """Close the pidfd (if one is held); the ref still names the process by pid."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            _fds.close(fd, self._born)
+
+    def __repr__(self) -> str:
+        how = f"pidfd {self._fd}" if self._fd is not None else f"start time {self._start}"
+        return f"<ProcessRef pid={self.pid} {how}>"
+
+
+def _start_time_of_child(pid: int) -> int | None:
+    """The start time of the unreaped child ``pid``, read so that it is surely that child's.
+
+    Raises:
+        ChildProcessError: ``pid`` is not an unreaped child of ours.
+    """
+    try:
+        fd = _open_pidfd_or_none(pid)
+    except ProcessLookupError:
+        raise ChildProcessError(f"no process has pid {pid}") from None
+    if fd is None:
+        if can_peek():
+            peek_pid(pid)
+        return _start_time_or_none(pid)
+    born = _fds.generation()
+    try:
+        start = _start_time_or_none(pid)
+        # Still our unreaped child through the pidfd opened before the read: the read was of
+        # the process the pidfd names.
+        peek_pidfd(fd)
+        return start
+    finally:
+        _fds.close(fd, born)
+
+
+def _start_time_or_none(pid: int) -> int | None:
+    """The start time, or None (named by pid alone) when /proc cannot be read (EMFILE)."""
+    try:
+        return start_time(pid)
+    except OSError:
+        return None
