@@ -24,7 +24,6 @@ from zombiereaper import (
     can_use_pidfd,
 )
 
-from .internals import watch_of
 from .helpers import (
     IGNORES_SIGTERM,
     eventually,
@@ -35,6 +34,7 @@ from .helpers import (
     sh,
     zombie_children,
 )
+from .internals import watch_of
 
 
 def test_spawn_records_the_exact_exit(backend: str) -> None:

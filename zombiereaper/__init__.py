@@ -42,7 +42,7 @@ __all__ = [
     "decode_wait_status",
 ]
 
-__version__ = "0.1.0.dev0"
+from ._version import __version__ as __version__
 
 # Shown as zombiereaper.X in tracebacks and warnings, where users import them from.
 for _name in __all__:

@@ -39,6 +39,7 @@ from ._supervise import (
     check_supervise_arguments,
     process_starter,
 )
+from ._supervise import launch as launch_service
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -545,7 +546,7 @@ class Reaper:
             rng=rng or random.Random(),
         )
         try:
-            service._begin()
+            launch_service(service)
         except BaseException:
             service.stop()
             raise

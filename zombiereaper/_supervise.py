@@ -331,7 +331,7 @@ class Service:
 
     # --- starting and exits ---------------------------------------------------------------
 
-    def _begin(self) -> None:
+    def _launch_all(self) -> None:
         with self._lock:
             for replica in self._replicas:
                 self._launch(replica)
@@ -616,6 +616,15 @@ class Service:
                 self._on_event(event)
             except Exception:
                 logger.exception("on_event callback failed for %s", event.describe())
+
+
+def launch(service: Service) -> None:
+    """Start every copy of a new Service (Reaper.supervise() calls this once).
+
+    Raises:
+        OSError: A copy could not be started (the program is missing, say).
+    """
+    service._launch_all()
 
 
 def _close_pipes(child: Child) -> None:

@@ -298,8 +298,7 @@ class PidfdMonitor:
             if now - pinged >= self.relay_answer_timeout:
                 self._drop_relay(
                     relay,
-                    f"did not answer for {self.relay_answer_timeout:g} s (stopped?) and was "
-                    "killed",
+                    f"did not answer for {self.relay_answer_timeout:g} s (stopped?) and was killed",
                     kill=True,
                 )
                 return

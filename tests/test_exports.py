@@ -1,0 +1,54 @@
+"""The public API, pinned: a name joins or leaves ``zombiereaper`` only on purpose."""
+
+from __future__ import annotations
+
+import zombiereaper
+
+PUBLIC = [
+    "BackendUnavailableError",
+    "Backoff",
+    "Child",
+    "ChildLeakWarning",
+    "ExitStatus",
+    "Intensity",
+    "ManualClock",
+    "NotInstalledError",
+    "NotOurChildError",
+    "Reaper",
+    "ReaperError",
+    "Registry",
+    "Service",
+    "ServiceEvent",
+    "StatusLostError",
+    "WaitTimeout",
+    "can_use_pidfd",
+    "decode_wait_status",
+]
+
+
+def test_all_is_the_pinned_public_api() -> None:
+    """__all__ lists exactly the public names, sorted, and each one is there."""
+    assert zombiereaper.__all__ == PUBLIC
+    assert sorted(zombiereaper.__all__) == zombiereaper.__all__
+    for name in PUBLIC:
+        assert hasattr(zombiereaper, name), name
+
+
+def test_public_names_are_the_only_public_attributes() -> None:
+    """Nothing public besides __all__ (and __version__) leaks from the private modules."""
+    public = {name for name in vars(zombiereaper) if not name.startswith("_")}
+    # `annotations` is the __future__ feature that every module imports.
+    assert public - set(PUBLIC) <= {"pytest_plugin", "annotations"}
+
+
+def test_public_classes_say_they_are_zombiereaper_s() -> None:
+    """Tracebacks and reprs name zombiereaper.X, where users import X from."""
+    for name in PUBLIC:
+        obj = getattr(zombiereaper, name)
+        if isinstance(obj, type):
+            assert obj.__module__ == "zombiereaper", name
+
+
+def test_the_version_is_exported() -> None:
+    """zombiereaper.__version__ is the package's version string."""
+    assert isinstance(zombiereaper.__version__, str) and zombiereaper.__version__
