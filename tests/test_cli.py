@@ -77,14 +77,36 @@ def start_init(init: list[subprocess.Popen[str]], *args: str) -> subprocess.Pope
 # --- exit statuses ------------------------------------------------------------------------------
 
 
-def test_every_exit_code_from_0_to_255_comes_back() -> None:
-    """The init exits with its program's exit code, for every code 0..255."""
+#: Exit codes run end to end: every boundary (0, 1, the shell's 126-129, 255) and a spread.
+END_TO_END_CODES = [0, 1, 2, 3, 7, 42, 63, 64, 100, 126, 127, 128, 129, 130, 191, 200, 254, 255]
+
+
+def test_exit_codes_come_back_end_to_end() -> None:
+    """The init exits with its program's exit code (a spread of codes, every boundary)."""
 
     def exit_with(code: int) -> int:
         return run_cli("run", "-s", "--", "sh", "-c", f"exit {code}").returncode
 
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        assert list(pool.map(exit_with, range(256))) == list(range(256))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(exit_with, END_TO_END_CODES)) == END_TO_END_CODES
+
+
+def test_every_exit_code_and_signal_maps_to_the_init_s_status() -> None:
+    """Every code 0..255 comes back as itself, every signal N as 128+N (and --remap-exit)."""
+    import io
+
+    from zombiereaper import ExitStatus
+    from zombiereaper._init import InitLog, InitOptions, exit_status
+
+    options = InitOptions(argv=["program"])
+    log = InitLog(0, io.StringIO())
+    for code in range(256):
+        assert exit_status(ExitStatus.from_returncode(1, code), options, log) == code
+    for number in range(1, 65):
+        assert exit_status(ExitStatus.from_returncode(1, -number), options, log) == 128 + number
+    remapped = InitOptions(argv=["program"], remap_exit=frozenset({143}))
+    killed = ExitStatus.from_returncode(1, -signal.SIGTERM)
+    assert exit_status(killed, remapped, log) == 0
 
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGKILL", "SIGHUP", "SIGQUIT", "SIGUSR1"])

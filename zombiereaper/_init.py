@@ -92,15 +92,19 @@ class InitOptions:
     verbose: int = 0
 
 
-class _Log:
+class InitLog:
+    """Where the init says what it does: stderr, prefixed; debug lines only with -v."""
+
     def __init__(self, verbose: int, stream: TextIO) -> None:
         self.verbose = verbose
         self._stream = stream
 
     def say(self, message: str) -> None:
+        """Print ``message`` for the user."""
         print(f"zombiereaper: {message}", file=self._stream, flush=True)
 
     def debug(self, message: str) -> None:
+        """Print ``message`` with -v only."""
         if self.verbose:
             self.say(message)
 
@@ -128,7 +132,7 @@ def _owns_terminal_foreground() -> bool:
 
 def run_init(options: InitOptions, stderr: TextIO | None = None) -> int:
     """Run ``options.argv`` as an init would, and return the exit status to exit with."""
-    log = _Log(options.verbose, stderr or sys.stderr)
+    log = InitLog(options.verbose, stderr or sys.stderr)
     # Whatever mask we were started with, the program must start with none (subprocess gives
     # it the mask of the thread that starts it), and a blocked signal could not be forwarded.
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
@@ -179,10 +183,10 @@ def run_init(options: InitOptions, stderr: TextIO | None = None) -> int:
             _drain(options.drain, log)
     finally:
         reaper.uninstall()
-    return _exit_status(child.status, options, log)
+    return exit_status(child.status, options, log)
 
 
-def _become_subreaper_or_warn(options: InitOptions, log: _Log) -> None:
+def _become_subreaper_or_warn(options: InitOptions, log: InitLog) -> None:
     if os.getpid() == 1:
         return
     if options.subreaper:
@@ -198,7 +202,7 @@ def _become_subreaper_or_warn(options: InitOptions, log: _Log) -> None:
         )
 
 
-def _forward_until_exit(child: Child, options: InitOptions, wake_read: int, log: _Log) -> None:
+def _forward_until_exit(child: Child, options: InitOptions, wake_read: int, log: InitLog) -> None:
     while child.running:
         select.select([wake_read], [], [])
         try:
@@ -217,7 +221,7 @@ def _forward_until_exit(child: Child, options: InitOptions, wake_read: int, log:
             log.debug(f"forwarded {_name(number)} as {_name(target)} to pid {child.pid}")
 
 
-def _drain(seconds: float, log: _Log) -> None:
+def _drain(seconds: float, log: InitLog) -> None:
     """TERM every remaining descendant, wait up to ``seconds``, KILL the rest; the Reaper reaps."""
     descendants = _live_descendants()
     if not descendants:
@@ -257,7 +261,8 @@ def _live_descendants() -> list[psutil.Process]:
     return alive
 
 
-def _exit_status(status: ExitStatus | None, options: InitOptions, log: _Log) -> int:
+def exit_status(status: ExitStatus | None, options: InitOptions, log: InitLog) -> int:
+    """The init's own exit status: the program's code, 128+N for signal N, remapped to 0."""
     if status is None:
         log.say("the program's exit status was taken by other code")
         return EXIT_STATUS_LOST
