@@ -292,3 +292,23 @@ def test_a_refused_watch_leaves_no_trace() -> None:
         engine = _engine.current()
         assert engine is not None
         assert engine.owned_watch(1) is None
+
+
+def test_a_child_another_reaper_watches_is_refused_not_stolen(backend: str) -> None:
+    """watch() of a child that another Reaper owns raises; the owner keeps the exact status."""
+    from zombiereaper import ReaperError
+
+    with Reaper(backend=backend) as owner, Reaper(backend=backend) as other:  # type: ignore[arg-type]
+        child = owner.spawn(sh("read line; exit 17"), stdin=subprocess.PIPE)
+        popen = child.popen
+        assert popen is not None and popen.stdin is not None
+        with pytest.raises(ReaperError, match="already watched by another Reaper"):
+            other.watch(popen)
+        with pytest.raises(ReaperError, match="already watched by another Reaper"):
+            other.watch(child.pid)
+        assert other.children == ()
+        popen.stdin.close()
+        assert child.wait(10).returncode == 17
+        assert popen.returncode == 17
+        # Once settled, the pid is nobody's: watching the reaped Popen records its code.
+        assert other.watch(popen).wait(10).returncode == 17
