@@ -22,7 +22,7 @@ def main() -> int:
     parser.add_argument("--backend", choices=["pidfd", "sigchld"], default=None)
     parser.add_argument("tests", nargs="+")
     options = parser.parse_args()
-    from test.libregrtest.main import main as regrtest  # noqa: PLC0415 - only here
+    from test.libregrtest.main import main as regrtest
 
     # regrtest reads sys.argv itself: hand it only what is its own.
     sys.argv = [sys.argv[0], "--quiet", *options.tests]
