@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Final
 
 import psutil
 import pytest
 
-from zombiereaper import Reaper, _linux
+from zombiereaper import Reaper, ReaperError, _detach, _linux
 
 from .helpers import STANDARD_SIGNALS, eventually, proc_status, py, sh, zombie_children
 
@@ -135,3 +138,192 @@ def test_bad_arguments_are_refused() -> None:
         Reaper().spawn_detached([])
     with pytest.raises(ValueError, match="pass_fds"):
         Reaper().spawn_detached(["true"], pass_fds=(-1,))
+
+
+# One exec string is at most 128 KiB (MAX_ARG_STRLEN): big commands and environments are
+# built of pieces below that, so that Popen could start them too.
+_PIECE: Final = 100 * 1024
+
+
+def _popen_error(args: list[str], **kwargs: Any) -> OSError:
+    """The OSError that subprocess.Popen raises for the same command, to compare with."""
+    try:
+        proc = subprocess.Popen(args, **kwargs)
+    except OSError as err:
+        return err
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"Popen started {args[0]!r}: no error to compare with")
+
+
+def _assert_same_error(ours: OSError, popen: OSError) -> None:
+    assert type(ours) is type(popen)
+    assert (ours.errno, ours.strerror, ours.filename) == (
+        popen.errno,
+        popen.strerror,
+        popen.filename,
+    )
+    assert str(ours) == str(popen)
+
+
+def test_arguments_past_the_argv_limit_of_one_string_reach_the_daemon(tmp_path: Path) -> None:
+    """A command whose arguments total more than 256 KiB runs, each argument intact."""
+    pieces = [letter * _PIECE for letter in "abc"]
+    with Reaper(scope="all", subreaper=True) as reaper:
+        pid = reaper.spawn_detached(
+            ["/bin/sh", "-c", 'printf "%s\\n" "$@" > args.txt', "sh", *pieces], cwd=tmp_path
+        )
+        assert reaper.wait(pid, timeout=10).success
+    assert (tmp_path / "args.txt").read_text().splitlines() == pieces
+
+
+def test_an_environment_past_the_argv_limit_of_one_string_arrives_intact(tmp_path: Path) -> None:
+    """An environment of more than 256 KiB reaches the daemon exactly, and nothing else does."""
+    env = {f"ZR_BIG{index}": letter * _PIECE for index, letter in enumerate("wxyz")}
+    out_path = tmp_path / "env.txt"
+    with Reaper(scope="all", subreaper=True) as reaper, out_path.open("wb") as out:
+        pid = reaper.spawn_detached(["/usr/bin/env", "-0"], env=env, stdout=out)
+        assert reaper.wait(pid, timeout=10).success
+    entries = out_path.read_bytes().split(b"\0")
+    assert entries.pop() == b""
+    assert dict(entry.decode().split("=", 1) for entry in entries) == env
+
+
+def test_bytes_arguments_and_environment_pass_through_unchanged(tmp_path: Path) -> None:
+    """Bytes arguments, env keys and env values reach the daemon byte for byte, as with Popen."""
+    args = [b"/bin/sh", b"-c", b'printf "%s|%s" "$1" "$ZR_BYTES" > out.bin', b"sh", b"arg-\xff\xfe"]
+    env: dict[Any, Any] = {b"ZR_BYTES": b"value-\xfe\xff", "PATH": os.environ["PATH"]}
+    with Reaper(scope="all", subreaper=True) as reaper:
+        pid = reaper.spawn_detached(args, env=env, cwd=tmp_path)
+        assert reaper.wait(pid, timeout=10).success
+    assert (tmp_path / "out.bin").read_bytes() == b"arg-\xff\xfe|value-\xfe\xff"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "error"),
+    [
+        pytest.param(["sleep", "60"], {"ZR_NUMBER": 1}, TypeError, id="env-value-int"),
+        pytest.param(["sleep", "60"], {1: "one"}, TypeError, id="env-key-int"),
+        pytest.param(["sleep", "60"], {"ZR=X": "1"}, ValueError, id="env-key-with-equals"),
+        pytest.param(["sleep", "60"], {"ZR": "nul\0byte"}, ValueError, id="env-null-byte"),
+        pytest.param(["sleep", "60\0"], None, ValueError, id="arg-null-byte"),
+    ],
+)
+def test_a_command_or_environment_popen_refuses_is_refused_before_anything_starts(
+    args: list[str], env: dict[Any, Any] | None, error: type[Exception]
+) -> None:
+    """What Popen refuses with TypeError or ValueError is refused the same way, nothing started."""
+    with pytest.raises(error):
+        subprocess.Popen(args, env=env)
+    before = {p.pid for p in psutil.Process().children()}
+    with pytest.raises(error, match=r"env|argument|null"):
+        Reaper().spawn_detached(args, env=env)
+    # A daemon that did start would be our child now: we are the subreaper it went to.
+    assert {p.pid for p in psutil.Process().children()} == before
+
+
+def test_each_start_error_names_what_failed_as_popen_does(tmp_path: Path) -> None:
+    """A missing program or non-executable file names the program, a missing cwd names the cwd."""
+    not_executable = tmp_path / "not-executable"
+    not_executable.write_text("#!/bin/sh\nexit 0\n")
+    not_executable.chmod(0o644)
+    missing_cwd = str(tmp_path / "no-such-directory")
+    cases: list[tuple[list[str], str]] = [
+        (["/nonexistent/zombiereaper-daemon"], "/"),
+        (["no-such-program-on-path-zr"], "/"),
+        ([str(not_executable)], "/"),
+        (["/bin/true"], missing_cwd),
+        (["/bin/true"], str(not_executable)),
+    ]
+    for args, cwd in cases:
+        expected = _popen_error(args, cwd=cwd)
+        with pytest.raises(type(expected), match=re.escape(str(expected))) as info:
+            Reaper().spawn_detached(args, cwd=cwd)
+        _assert_same_error(info.value, expected)
+    assert not zombie_children()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(["x" * (3 << 20)], id="one-3-MiB-argument"),
+        # Past 6 MiB, the most that exec takes whatever the stack limit (3/4 of 8 MiB).
+        pytest.param(["x" * _PIECE] * 72, id="7-MiB-in-all"),
+    ],
+)
+def test_a_command_too_big_to_exec_fails_as_popen_does(extra: list[str]) -> None:
+    """A command past the kernel's exec limits raises Popen's E2BIG, naming the program."""
+    args = ["sh", "-c", ":", "sh", *extra]
+    with pytest.raises(OSError, match="Argument list too long") as info:
+        Reaper().spawn_detached(args)
+    assert info.value.errno == errno.E2BIG
+    assert info.value.filename == "sh"
+    _assert_same_error(info.value, _popen_error(args))
+    assert not zombie_children()
+
+
+def test_a_bad_pass_fds_entry_is_refused_naming_it() -> None:
+    """A closed, negative or non-integer pass_fds entry is refused in the caller, by number."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    os.close(write_end)  # a number that nothing of ours reopens before the check
+    before = {p.pid for p in psutil.Process().children()}
+    with pytest.raises(OSError, match=rf"pass_fds\b.*\b{write_end}\b") as info:
+        Reaper().spawn_detached(["sleep", "60"], pass_fds=(0, write_end))
+    assert info.value.errno == errno.EBADF
+    with pytest.raises(ValueError, match=r"pass_fds\b.*-3\b"):
+        Reaper().spawn_detached(["sleep", "60"], pass_fds=(-3,))
+    with pytest.raises(ValueError, match=r"pass_fds\b.*'3'"):
+        Reaper().spawn_detached(["sleep", "60"], pass_fds=("3",))  # type: ignore[arg-type]
+    assert {p.pid for p in psutil.Process().children()} == before
+
+
+@pytest.mark.parametrize("interpreter", ["/bin/true", "/nonexistent/zr-python"])
+def test_a_helper_that_cannot_run_raises_reaper_error(
+    monkeypatch: pytest.MonkeyPatch, interpreter: str
+) -> None:
+    """A helper that never reads the command (it exits, or cannot start) raises ReaperError."""
+    # Megabytes of environment, more than a socket buffer holds: the caller is still sending
+    # when the helper is gone, and must get an error instead of blocking or dying of SIGPIPE.
+    env = {f"ZR_BIG{index}": "x" * _PIECE for index in range(30)}
+    monkeypatch.setattr(sys, "executable", interpreter)
+    before = {p.pid for p in psutil.Process().children()}
+    with pytest.raises(ReaperError, match="helper") as info:
+        Reaper().spawn_detached(["sleep", "60"], env=env)
+    assert interpreter in str(info.value)
+    assert {p.pid for p in psutil.Process().children()} == before
+
+
+def test_a_caller_that_restored_sigpipe_survives_a_helper_that_dies_early() -> None:
+    """A helper gone before it read the command is a ReaperError even where SIGPIPE kills."""
+    script = f"""
+import signal, sys
+from zombiereaper import Reaper, ReaperError
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as a command-line tool piping to head does
+sys.executable = "/bin/true"  # a helper that exits without reading anything
+try:
+    env = {{"ZR_BIG%d" % i: "x" * {_PIECE} for i in range(30)}}
+    Reaper().spawn_detached(["sleep", "60"], env=env)
+except ReaperError as err:
+    print(type(err).__name__, type(err.__cause__).__name__)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (result.returncode, result.stdout.split()) == (0, ["ReaperError", "BrokenPipeError"])
+
+
+def test_an_on_helper_that_raises_leaves_no_helper_and_starts_nothing() -> None:
+    """When on_helper raises, the helper learns the command ended, starts nothing and is reaped."""
+    told: list[int] = []
+
+    def refuse(pid: int) -> None:
+        told.append(pid)
+        raise RuntimeError("refused")
+
+    before = {p.pid for p in psutil.Process().children()}
+    with pytest.raises(RuntimeError, match="refused"):
+        _detach.spawn_detached(["sleep", "60"], on_helper=refuse)
+    assert len(told) == 1
+    # Neither the helper (unreaped) nor a daemon (ours as the subreaper) is our child now.
+    assert {p.pid for p in psutil.Process().children()} == before
