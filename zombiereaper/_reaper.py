@@ -705,9 +705,11 @@ class Reaper:
         The Reaper need not be installed.
 
         Args:
-            args: The program and its arguments.
+            args: The program and its arguments, as for ``subprocess.Popen``: str, bytes or
+                path-like objects, passed to the program unchanged, of any size that its exec
+                accepts.
             cwd: Its working directory ("/" by default, so that it pins no mount).
-            env: Its environment (this process's by default).
+            env: Its environment (this process's by default), keys and values str or bytes.
             stdin: Its standard input: a file object or descriptor; /dev/null by default.
             stdout: Its standard output; /dev/null by default.
             stderr: Its standard error; /dev/null by default.
@@ -717,9 +719,21 @@ class Reaper:
             The daemon's pid, once its program has been executed.
 
         Raises:
-            FileNotFoundError: The program does not exist.
-            PermissionError: The program cannot be executed.
-            ReaperError: The helper process could not run.
+            FileNotFoundError: The program, or the ``cwd``, does not exist; the error's
+                ``filename`` says which, as ``subprocess.Popen``'s does.
+            PermissionError: The program cannot be executed (``filename`` names it).
+            OSError: The program could not start for another reason, raised as Popen raises
+                it, such as ``E2BIG`` when its arguments and environment exceed the kernel's
+                limits for exec (one string over 128 KiB, or all of them over
+                ``getconf ARG_MAX``). Also ``EBADF`` when an entry of ``pass_fds`` is not an
+                open descriptor: checked before anything starts, the message names it.
+            TypeError: A part of the command, ``cwd``, or an ``env`` key or value is not str,
+                bytes or path-like, as Popen refuses it; nothing is started.
+            ValueError: The command is empty, an ``env`` key holds "=", a string holds a
+                null byte, or an entry of ``pass_fds`` is not an int >= 0; nothing is
+                started.
+            ReaperError: The helper process could not start or run (this Python,
+                ``sys.executable``, must be runnable).
         """
         scope = self._all_scope
         helper_pids: list[int] = []
