@@ -267,7 +267,11 @@ class Reaper:
             # From now on spawn() and watch() refuse; those already under way publish their
             # child first, so that the stop below sees every child (issue 11, race 2).
             self._closing = True
-            self._adoptions_done.wait_for(lambda: not self._adoptions)
+            try:
+                self._adoptions_done.wait_for(lambda: not self._adoptions)
+            except BaseException:
+                self._closing = False  # interrupted (Ctrl-C): still installed, as before
+                raise
         try:
             with self._lock:
                 services, self._services = self._services, []
