@@ -25,30 +25,30 @@ from typing import Any, Final, Literal
 
 import pytest
 
-from zombiereaper import Child, ExitStatus, Reaper, StatusLostError, WaitTimeout, _engine
+from zombiereaper import Child, ExitStatus, Reaper, StatusLostError, WaitTimeout
+from zombiereaper._backends.pidfd import PidfdMonitor
 
+from . import internals
 from .helpers import HAS_PIDFD, eventually, py, read_line
 from .pidns import call_as_pid1, set_next_pid
 
 # --- adapter: the only private access; rewrite these when the internals move -----------------
 #
-# "pidfd-lent" cases need the pidfd of one given child lent to the relay. Today that happens
-# past Engine.relay_above pidfds, and Engine._lent holds the lent ones. Whatever replaces them,
-# these two functions must keep meaning: "lend every pidfd from now on" and "how many pidfds
-# are away in the relay". They only ever run inside a throwaway namespace: nothing to restore.
+# "pidfd-lent" cases need the pidfd of one given child lent to the relay: past
+# PidfdMonitor.lend_above pidfds. These two keep meaning "lend every pidfd from now on" and
+# "how many pidfds are away in the relay". They only ever run inside a throwaway namespace:
+# nothing to restore.
 
 
 def lower_relay_thresholds(above: int, keep: int) -> None:
     """Lend pidfds to the relay once this process holds more than ``above``, down to ``keep``."""
-    _engine.Engine.relay_above = above
-    _engine.Engine.relay_keep = keep
+    PidfdMonitor.lend_above = above
+    PidfdMonitor.lend_keep = keep
 
 
 def lent_count() -> int:
     """How many pidfds the relay holds for the running engine."""
-    engine = _engine.current()
-    assert engine is not None, "no Reaper installed"
-    return len(engine._lent)
+    return internals.lent_count()
 
 
 # --- inside the namespace ---------------------------------------------------------------------
