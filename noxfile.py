@@ -57,6 +57,23 @@ def tests(session: nox.Session) -> None:
     session.run("python", "-W", "error", "-m", "pytest", *session.posargs)
 
 
+@nox.session(python=sorted({PYTHONS[0], PYTHONS[-1]}))
+def cpython(session: nox.Session) -> None:
+    """CPython's own subprocess tests, passing with a Reaper installed (all scope, pidfd).
+
+    On the oldest and the newest Python found: about 40 s each.
+    """
+    session.install("-e", ".")
+    session.run(
+        "python",
+        "tests/cpython/run_with_reaper.py",
+        "--scope",
+        "all",
+        "test_subprocess",
+        "test_asyncio.test_subprocess",
+    )
+
+
 @nox.session(python=PYTHONS[0])
 def lint(session: nox.Session) -> None:
     """Check lint and formatting with ruff."""
