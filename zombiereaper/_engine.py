@@ -22,7 +22,6 @@ which finds the other zombie children through /proc and leaves owned ones alone.
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import heapq
 import itertools
@@ -42,7 +41,7 @@ from ._orphans import Ownership
 from ._watch import Known, Running, Watch
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from ._backends import BackendName
     from ._orphans import AllScope
@@ -175,17 +174,17 @@ class Engine:
         """Pids of the engine's own helper processes (the relay), which it reaps itself."""
         return self.monitors.helper_pids()
 
-    @contextlib.contextmanager
-    def spawning(self) -> Iterator[None]:
-        """Mark a spawn in progress, so that the all scope reaps no unknown child meanwhile."""
+    def spawning(self) -> _Spawning:
+        """Mark a spawn in progress, so that the all scope reaps no unknown child meanwhile.
+
+        ``with engine.spawning(): ...`` around the fork and the registration of the child.
+        """
+        return _Spawning(self)
+
+    def _count_spawn(self, delta: int) -> None:
         with self._lock:
-            self._spawning += 1
-            self._spawns += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._spawning -= 1
+            self._spawning += delta
+            self._spawns += delta > 0
 
     # --- settling: the one place -------------------------------------------------------------
 
@@ -475,6 +474,21 @@ class Engine:
         epoll = self._epoll
         if epoll is not None:
             _fds.close_with(epoll.fileno(), self._epoll_born, epoll.close)
+
+
+class _Spawning:
+    """The context of one spawn in progress (see :meth:`Engine.spawning`)."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __enter__(self) -> None:
+        self._engine._count_spawn(+1)
+
+    def __exit__(self, *exc: object) -> None:
+        self._engine._count_spawn(-1)
 
 
 @dataclass(order=True)

@@ -14,13 +14,12 @@ is tracked. Steps under the lock never block: pidfd_open, close, non-blocking se
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
 _lock = threading.Lock()
 #: fd -> how to close it (None: os.close). Socket objects close through their own close(),
@@ -35,11 +34,13 @@ def generation() -> int:
     return _generation
 
 
-@contextlib.contextmanager
-def step() -> Iterator[None]:
-    """Run one step on descriptors without a fork in its middle (it must not block)."""
-    with _lock:
-        yield
+def step() -> threading.Lock:
+    """The lock to hold for one step on descriptors: no fork falls in its middle.
+
+    ``with _fds.step(): ...``; the step must not block. (The lock itself, not a generator
+    context manager: this is on every spawn's path.)
+    """
+    return _lock
 
 
 def track(fd: int, closer: Callable[[], None] | None = None) -> None:
