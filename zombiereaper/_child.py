@@ -316,11 +316,14 @@ def stop_children(children: Sequence[Child], timeout: float) -> None:
     for child in stubborn:
         child.kill()
     _wait_for(stubborn, None)
-    warn_at_caller(
-        f"{len(stubborn)} child(ren) still ran {timeout:g} s after SIGTERM "
-        f"(pids {', '.join(str(child.pid) for child in stubborn)}); sent SIGKILL",
-        RuntimeWarning,
-    )
+    if len(stubborn) == 1:
+        message = f"pid {stubborn[0].pid} still ran {timeout:g} s after SIGTERM; sent SIGKILL"
+    else:
+        message = (
+            f"{len(stubborn)} children still ran {timeout:g} s after SIGTERM "
+            f"(pids {', '.join(str(child.pid) for child in stubborn)}); sent SIGKILL"
+        )
+    warn_at_caller(message, RuntimeWarning)
 
 
 def _wait_for(children: Sequence[Child], deadline: float | None) -> None:
