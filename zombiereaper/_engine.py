@@ -38,7 +38,8 @@ from ._backends import Monitors
 from ._backends.sigchld import SweepSchedule
 from ._errors import ReaperError
 from ._orphans import Ownership
-from ._watch import Known, Running, Watch
+from ._owners import wait_for_gone
+from ._watch import Known, Retry, Running, Watch
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -143,6 +144,11 @@ class Engine:
             outcome = watch.source.read_exit(watch.notice)
             if isinstance(outcome, Running):
                 return False
+            if isinstance(outcome, Retry):
+                # Its descriptor would say "ready" again at once: ask on the sweeps instead,
+                # never blocking the reaping thread nor spinning it.
+                self.monitors.demote(watch)
+                return False
             self._conclude(watch, outcome)
         return True
 
@@ -242,7 +248,9 @@ class Engine:
             # by a blanket wait, the pid reused). Its owner may still have the status.
             with old.lock:
                 if old.watching:
-                    self._conclude(old, old.source.read_gone())
+                    # Off the sweeps, so a short, bounded wait for the owner to store its
+                    # status is the price of this rare case.
+                    self._conclude(old, wait_for_gone(old.source))
         with self._lock:
             current = self._by_pid.get(watch.pid)
             if current is not None and current.watching:
@@ -304,15 +312,21 @@ class Engine:
             self._update_sigchld_need()
 
     def _update_sigchld_need(self) -> None:
-        _sighandler.wake_on_sigchld = self.monitors.sweep.active or self._all_scope is not None
+        if _engine is self:  # a stopping engine must not undo what its successor needs
+            _sighandler.wake_on_sigchld = self.monitors.sweep.active or self._all_scope is not None
 
     def settle_now(self, watch: Watch) -> bool:
         """Settle ``watch`` if it has exited, logging a failure instead of raising it."""
         try:
             return self.settle(watch)
         except Exception:
-            # A failure to reap one child must not stop the thread that reaps all the others.
+            # A failure to reap one child must not stop the thread that reaps all the others,
+            # nor, repeating on a descriptor that stays readable, spin it: the child is
+            # checked on the sweeps from then on.
             logger.exception("zombiereaper could not reap pid %d", watch.pid)
+            with watch.lock:
+                if watch.watching:
+                    self.monitors.demote(watch)
             return False
 
     # --- the all scope ------------------------------------------------------------------------
@@ -423,6 +437,10 @@ class Engine:
             fds = list(readable)
         for fd in fds:
             if fd == self._wake_read:
+                if self._stopping:
+                    # The pipe is the process's: a wakeup written now is for the engine that
+                    # replaces this one, which must not lose it.
+                    return True
                 _sighandler.drain(fd)
                 woken = True
                 continue
@@ -541,6 +559,9 @@ def release() -> None:
         if engine._users > 0:
             return
         _engine = None
+        # Marked before a successor can exist (under the lock acquire() takes), so that it
+        # stops draining the shared wakeup pipe before the successor writes to it.
+        engine._stopping = True
         if _sighandler.is_main_thread():
             _sighandler.uninstall()
         # Else the handler stays, inert but for chaining, until a Reaper is installed or

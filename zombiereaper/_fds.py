@@ -56,9 +56,10 @@ def untrack(fd: int) -> None:
 def close(fd: int, born: int) -> None:
     """Close the tracked ``fd`` opened in fork generation ``born`` (nothing if from another)."""
     with _lock:
-        if born != _generation:
-            return  # the parent's: already closed at the fork, and the number may be reused
-        _tracked.pop(fd, None)
+        if born != _generation or fd not in _tracked:
+            # The parent's (closed at the fork), or closed already: the number may be reused.
+            return
+        del _tracked[fd]
         os.close(fd)
 
 

@@ -95,14 +95,14 @@ def _live_popens(pids: set[int]) -> dict[int, subprocess.Popen[Any]]:
 
 
 def _live_processes(pids: set[int]) -> dict[int, Any]:
-    """Multiprocessing Process objects started here and not yet cleaned up, by pid."""
+    """The Popens of multiprocessing Processes started here and not yet cleaned up, by pid."""
     module = sys.modules.get("multiprocessing.process")
     found: dict[int, Any] = {}
     for process in list(getattr(module, "_children", ())):
         popen = getattr(process, "_popen", None)
         pid = getattr(popen, "pid", None)
         if pid in pids:
-            found[pid] = process
+            found[pid] = popen
     return found
 
 
@@ -256,13 +256,13 @@ class AllScope:
             else:
                 self._next_look[zombie.key] = now + self._grace
 
-    def _reap_for_process(self, zombie: _linux.ProcStat, process: Any) -> bool:
+    def _reap_for_process(self, zombie: _linux.ProcStat, mp_popen: Any) -> bool:
         try:
             status = peek_child(zombie.pid)
         except ChildProcessError:
             return True
         if status is not None:
-            store_exit_in_process(process, status)
+            store_exit_in_process(mp_popen, status)
         return reap_zombie(zombie) is not None
 
 

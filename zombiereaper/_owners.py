@@ -22,32 +22,34 @@ pid (issue 11, race 6).
 from __future__ import annotations
 
 import os
+import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _process
 from ._backends import Sentinel, open_ref
 from ._process import ProcessGone, ProcessRef
 from ._status import ExitStatus, decode_wait_status
-from ._watch import RUNNING, Known
+from ._watch import RETRY, RUNNING, Known, Retry
 
 if TYPE_CHECKING:
     import multiprocessing.process
     import subprocess
-    import threading
     from collections.abc import Callable
 
     from ._backends import BackendName
-    from ._watch import Notice, Outcome
+    from ._watch import Notice, Outcome, Source
 
-#: How long to wait for another waiter that has reaped a child to store its status: the gap
-#: between its waitpid returning and its assignment is a few bytecodes.
+#: How long another waiter that has reaped a child may take to store its status (the gap
+#: between its waitpid returning and its assignment is a few bytecodes) before the status is
+#: called lost. Meanwhile the engine asks again on its sweeps; nothing blocks.
 _OWNER_STORE_TIMEOUT: Final = 1.0
 
-#: How long a forkserver worker's status is left for its owner's join() to read first. The
-#: status sits in the sentinel pipe and can be read once: a second, concurrent reader gets EOF
-#: and multiprocessing then stores 255. An owner blocked in join() reads it within this time.
-_FORKSERVER_OWNER_FIRST: Final = 0.02
+#: How long to wait for an owner's lock (Popen's, or the one around a forkserver Popen's
+#: poll) before answering RETRY: its holder is reading an exit that has happened, so it is
+#: done in a moment, unless it is the very thread asking (a signal handler interrupted it).
+_OWNER_LOCK_WAIT: Final = 0.1
 
 
 # --- subprocess.Popen ------------------------------------------------------------------------
@@ -101,7 +103,7 @@ class PopenSource:
                 ref = open_ref(popen.pid, backend)
             except ChildProcessError:
                 # Its own wait() in another thread reaped it since the check.
-                return Known(self.read_gone())
+                return Known(wait_for_gone(self))
             code = _returncode(popen)  # read again: another thread's wait() may have set it
             if not held and code is not None:
                 # A wait() in another thread finished meanwhile: its code is the truth, and
@@ -129,12 +131,18 @@ class PopenSource:
             return self.read_gone()
         if raw is None:
             return RUNNING
+        return self._reap_under_popen_lock(notice, raw)
+
+    def _reap_under_popen_lock(self, notice: ProcessRef, raw: int) -> Outcome:
+        popen = self.popen
         lock = _popen_lock(popen)
         if lock is None:
             popen.wait()  # not CPython's Popen: its own wait, on a zombie, returns at once
             return decode_wait_status(self.pid, raw)
-        # Blocking is brief: a holder sits in waitpid() on a child that has exited.
-        with lock:
+        # A holder sits in waitpid() on a child that has exited: it is done in a moment.
+        if not lock.acquire(timeout=_OWNER_LOCK_WAIT):
+            return RETRY  # or it is this very thread, in a signal handler: never deadlock
+        try:
             if popen.returncode is None:
                 try:
                     notice.reap()
@@ -143,6 +151,8 @@ class PopenSource:
                 # What Popen's own wait would store; read before reaping (WNOWAIT), the record
                 # keeps the core-dump bit, which Popen drops.
                 popen.returncode = os.waitstatus_to_exitcode(raw)
+        finally:
+            lock.release()
         return decode_wait_status(self.pid, raw)
 
     def send_signal(self, notice: Notice, sig: int, group: bool) -> bool:
@@ -164,7 +174,7 @@ class PopenSource:
                 assert lock is not None
                 lock.release()
 
-    def read_gone(self) -> ExitStatus | None:
+    def read_gone(self) -> ExitStatus | Retry | None:
         """The status that the Popen's own wait recorded, or None when a stranger took it."""
         popen = self.popen
         lock = _popen_lock(popen)
@@ -173,8 +183,12 @@ class PopenSource:
         else:
             # Popen stores returncode under this lock right after its waitpid: holding the
             # lock means a wait in progress in another thread has finished.
-            with lock:
+            if not lock.acquire(timeout=_OWNER_LOCK_WAIT):
+                return RETRY
+            try:
                 returncode = popen.returncode
+            finally:
+                lock.release()
         return None if returncode is None else ExitStatus.from_returncode(popen.pid, returncode)
 
 
@@ -189,6 +203,11 @@ class ProcessSource:
         pid = process.pid
         assert pid is not None
         self._pid = pid
+        # Kept: process.close() drops the Process's own reference once it is joined, and this
+        # object is where its exit code stays (and where we store it before reaping).
+        self._mp_popen: Any = getattr(process, "_popen", None)
+        #: When the worker was first found gone with no code stored (see read_gone).
+        self._gone_since: float | None = None
 
     @property
     def pid(self) -> int:
@@ -205,31 +224,34 @@ class ProcessSource:
         """The Process."""
         return self.process
 
-    def _mp_popen(self) -> Any:
-        return getattr(self.process, "_popen", None)
-
     def _returncode(self) -> int | None:
         """The code the Process has stored, without asking it to poll (it would waitpid)."""
-        return getattr(self._mp_popen(), "returncode", None)
+        code: int | None = getattr(self._mp_popen, "returncode", None)
+        return code
 
     def _is_forkserver_worker(self) -> bool:
-        return type(self._mp_popen()).__module__.endswith("popen_forkserver")
+        return type(self._mp_popen).__module__.endswith("popen_forkserver")
 
     def open(self, backend: BackendName) -> ProcessRef | Sentinel | Known:
-        """Name the worker if it is our child, else watch its sentinel."""
+        """Name the worker if it is our child, else watch our copy of its sentinel."""
         if self._returncode() is not None:
-            return Known(self.read_gone())
+            return Known(self._status())
         if self._is_forkserver_worker():
             # Not our child: the fork server is its parent. Its pid may even name a child of
             # ours once it has been reaped there: never open a ref for it.
-            return Sentinel(self._pid, self.process.sentinel)
+            _serialize_polls(self._mp_popen)
+            try:
+                return Sentinel.copy(self._pid, self.process.sentinel)
+            except (OSError, ValueError):
+                # Closed by its owner already (join() then close()): the code is stored.
+                return Known(self._status())
         try:
             ref = open_ref(self._pid, backend)
         except ChildProcessError:
-            return Known(self.read_gone())  # its join() reaped it
+            return Known(wait_for_gone(self))  # its join() reaped it
         if self._returncode() is not None:
             ref.close()
-            return Known(self.read_gone())
+            return Known(self._status())
         return ref
 
     def read_exit(self, notice: Notice) -> Outcome:
@@ -238,9 +260,9 @@ class ProcessSource:
             return self._read_forkserver_exit(notice)
         assert isinstance(notice, ProcessRef)
         if self._returncode() is not None:
-            return self.read_gone()  # joined already: its pid may be reused
+            return self._status()  # joined already: its pid may be reused
         if not _process.can_peek():
-            code = self.process.exitcode  # no waitid: the Process's own machinery
+            code = self._mp_popen.poll()  # no waitid: the Process's own machinery
             return RUNNING if code is None else ExitStatus.from_returncode(self._pid, code)
         try:
             raw = notice.peek()
@@ -249,7 +271,7 @@ class ProcessSource:
         if raw is None:
             return RUNNING
         status = decode_wait_status(self._pid, raw)
-        store_exit_in_process(self.process, status)
+        store_exit_in_process(self._mp_popen, status)
         try:
             notice.reap()
         except ProcessGone:
@@ -257,20 +279,29 @@ class ProcessSource:
         return status
 
     def _read_forkserver_exit(self, sentinel: Sentinel) -> Outcome:
+        if self._returncode() is not None:
+            return self._status()
         if not sentinel.is_ready():
             return RUNNING
-        code = _wait_for_owner(self._returncode, _FORKSERVER_OWNER_FIRST)
-        if code is None:
-            # exitcode reads the fork server's report from the sentinel (no waitpid there).
-            code = _wait_for_owner(lambda: self.process.exitcode, _OWNER_STORE_TIMEOUT)
-        return None if code is None else ExitStatus.from_returncode(self._pid, code)
+        # The status sits in the sentinel pipe and can be read once: a second, concurrent
+        # reader gets EOF and multiprocessing then stores 255. So it is read through the
+        # Popen's own poll(), under the lock that now guards every poll() of that Popen: the
+        # owner's join() and we read it once between us, whoever comes first.
+        lock, real_poll = _POLL_LOCKS[self._mp_popen]
+        if not lock.acquire(timeout=_OWNER_LOCK_WAIT):
+            return RETRY
+        try:
+            code = real_poll(os.WNOHANG)
+        finally:
+            lock.release()
+        return RUNNING if code is None else ExitStatus.from_returncode(self._pid, code)
 
     def send_signal(self, notice: Notice, sig: int, group: bool) -> bool:
         """Signal the worker only while it provably has not been reaped."""
         if isinstance(notice, Sentinel):
             sentinel = notice
-            # An unready sentinel means the worker has not ended: a pidfd opened before that
-            # check names it.
+            # An unready sentinel (our copy) means the worker has not ended: a pidfd opened
+            # before that check names it.
             return _process.send_signal_checked(
                 self._pid, sig, lambda: not sentinel.is_ready(), group=group
             )
@@ -279,23 +310,81 @@ class ProcessSource:
             return False  # its join() reaped it: the pid may name another child of ours
         return notice.send_signal(sig, group=group)
 
-    def read_gone(self) -> ExitStatus | None:
-        """The code the Process stored (its join() reaped the worker), or None."""
-        # Only what the Process stored: asking it to poll would waitpid() a pid that may
-        # name another child of ours by now. A join() in flight stores it in a moment.
-        code = _wait_for_owner(self._returncode, _OWNER_STORE_TIMEOUT)
+    def read_gone(self) -> ExitStatus | Retry | None:
+        """The code the Process stored (its join() reaped the worker), or None.
+
+        Only what the Process stored: asking it to poll would waitpid() a pid that may name
+        another child of ours by now. A join() in flight stores it in a moment: until
+        _OWNER_STORE_TIMEOUT has passed, RETRY (the engine asks again on its sweeps).
+        """
+        code = self._returncode()
+        if code is not None:
+            return ExitStatus.from_returncode(self._pid, code)
+        now = time.monotonic()
+        if self._gone_since is None:
+            self._gone_since = now
+        return RETRY if now - self._gone_since < _OWNER_STORE_TIMEOUT else None
+
+    def _status(self) -> ExitStatus | None:
+        code = self._returncode()
         return None if code is None else ExitStatus.from_returncode(self._pid, code)
 
 
-def store_exit_in_process(process: Any, status: ExitStatus) -> None:
-    """Give a multiprocessing Process its exit code before its child is reaped.
+#: A forkserver Popen -> the lock now around its poll(), and its own poll. Weak: the entry
+#: goes with the Popen.
+_POLL_LOCKS: weakref.WeakKeyDictionary[Any, tuple[threading.RLock, Callable[[int], Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_POLL_LOCKS_LOCK = threading.Lock()
+
+
+def _serialize_polls(mp_popen: Any) -> None:
+    """Make every poll() of a forkserver Popen take one lock (once per Popen).
+
+    Its poll() reads the worker's status from the sentinel pipe, where it can be read only
+    once: two readers at a time (the owner's join() and our reaping thread) leave one of them
+    with EOF, and multiprocessing then stores a made-up 255. The instance's poll is replaced
+    by a locked one (Popen.wait(), Process.exitcode and is_alive() all call self.poll()), so
+    the second reader finds the code stored by the first.
+    """
+    with _POLL_LOCKS_LOCK:
+        if mp_popen in _POLL_LOCKS:
+            return
+        lock = threading.RLock()
+        real_poll = mp_popen.poll
+
+        def poll(flag: int = os.WNOHANG) -> Any:
+            with lock:
+                return real_poll(flag)
+
+        _POLL_LOCKS[mp_popen] = (lock, real_poll)
+        mp_popen.poll = poll
+
+
+def store_exit_in_process(mp_popen: Any, status: ExitStatus) -> None:
+    """Give a multiprocessing Process's Popen its exit code before its child is reaped.
 
     multiprocessing has no lock: a join() racing our reap would see ECHILD and keep exitcode
     None forever. With the code stored first, its poll() answers without calling waitpid.
     """
-    popen = getattr(process, "_popen", None)
-    if popen is not None and getattr(popen, "returncode", 0) is None:
-        popen.returncode = status.returncode
+    if mp_popen is not None and getattr(mp_popen, "returncode", 0) is None:
+        mp_popen.returncode = status.returncode
+
+
+def wait_for_gone(source: Source) -> ExitStatus | None:
+    """The owner's status of a child known to be gone, waiting briefly for the owner to store it.
+
+    For registration, where there is no sweep to ask again later: a join() or wait() in
+    flight stores the code within a few bytecodes; a stranger's blanket wait never does.
+    """
+    deadline = time.monotonic() + _OWNER_STORE_TIMEOUT
+    while True:
+        outcome = source.read_gone()
+        if not isinstance(outcome, Retry):
+            return outcome
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.001)
 
 
 # --- a bare pid --------------------------------------------------------------------------------
@@ -330,7 +419,7 @@ class PidSource:
         """
         return open_ref(self._pid, backend)
 
-    def read_gone(self) -> ExitStatus | None:
+    def read_gone(self) -> ExitStatus | Retry | None:
         """Nobody else may wait for a bare pid: a stranger took its status."""
         return None
 
@@ -349,10 +438,3 @@ class PidSource:
         return notice.send_signal(sig, group=group)
 
 
-def _wait_for_owner(read: Callable[[], int | None], timeout: float) -> int | None:
-    value = read()
-    deadline = time.monotonic() + timeout
-    while value is None and time.monotonic() < deadline:
-        time.sleep(0.001)
-        value = read()
-    return value

@@ -37,8 +37,23 @@ class Running:
 
 RUNNING: Final = Running()
 
-Outcome: TypeAlias = "ExitStatus | Running | None"
-"""What reading an exit finds: the status, RUNNING, or None when a stranger took the status."""
+
+class Retry:
+    """The marker for "not known yet: ask again soon".
+
+    The child is gone but its owner has not stored its status yet (a join() between its
+    waitpid and its assignment), or the owner's lock is busy. Nothing of ours may block the
+    reaping thread waiting for either, so the engine asks again on its next sweep.
+    """
+
+    def __repr__(self) -> str:
+        return "RETRY"
+
+
+RETRY: Final = Retry()
+
+Outcome: TypeAlias = "ExitStatus | Running | Retry | None"
+"""What reading an exit finds: the status, RUNNING, RETRY, or None when a stranger took it."""
 
 State = Literal["watching", "settling", "settled"]
 
@@ -92,8 +107,11 @@ class Source(Protocol):
         """Reap the child if it has exited (with the watch's lock held)."""
         ...
 
-    def read_gone(self) -> ExitStatus | None:
-        """The child is gone (reaped by another waiter): its owner's status, else None."""
+    def read_gone(self) -> ExitStatus | Retry | None:
+        """The child is gone (reaped by another waiter): its owner's status, else None.
+
+        RETRY while the owner may still be storing it.
+        """
         ...
 
     def send_signal(self, notice: Notice, sig: int, group: bool) -> bool:

@@ -115,6 +115,19 @@ class Monitors:
         else:
             self.sentinel.add(watch, fd)
 
+    def demote(self, watch: Watch) -> None:
+        """Check ``watch`` on the sweeps from now on (its lock held).
+
+        Its descriptor would keep saying "ready" while its outcome cannot be read yet (its
+        owner is still storing it), or reading it failed.
+        """
+        monitor = watch.monitor
+        if monitor is self.sweep:
+            return
+        if monitor is not None:
+            monitor.remove(watch)
+        self.sweep.add(watch)
+
     def helper_pids(self) -> frozenset[int]:
         """Pids of the backends' own helper processes (the relay)."""
         return self.pidfd.helper_pids()

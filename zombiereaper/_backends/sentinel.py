@@ -6,9 +6,12 @@ the fork server is their parent, reaps them, and writes their status into the se
 
 from __future__ import annotations
 
+import os
 import select
 import threading
 from typing import TYPE_CHECKING
+
+from .. import _fds
 
 if TYPE_CHECKING:
     from .._watch import Watch
@@ -16,16 +19,32 @@ if TYPE_CHECKING:
 
 
 class Sentinel:
-    """The notice of a process that is not our child: a descriptor its owner holds.
+    """The notice of a process that is not our child: our copy of its owner's sentinel.
 
-    It turns readable once the process has ended (and been reaped by its parent).
+    It turns readable once the process has ended (and been reaped by its parent). The copy
+    is ours: the owner may close its own (``process.close()``) and the number may then name
+    any other file, which a check of the owner's descriptor would take for the sentinel.
+    Open it with :meth:`copy`.
     """
 
-    __slots__ = ("_fd", "_pid")
+    __slots__ = ("_born", "_fd", "_pid")
 
     def __init__(self, pid: int, fd: int) -> None:
         self._pid = pid
         self._fd = fd
+        self._born = _fds.generation()
+
+    @classmethod
+    def copy(cls, pid: int, owners_fd: int) -> Sentinel:
+        """Watch ``pid`` through a duplicate of its owner's sentinel ``owners_fd``.
+
+        Raises:
+            OSError: The descriptor could not be duplicated (EBADF: the owner closed it).
+        """
+        with _fds.step():
+            fd = os.dup(owners_fd)
+            _fds.track(fd)
+        return cls(pid, fd)
 
     @property
     def pid(self) -> int:
@@ -34,16 +53,21 @@ class Sentinel:
 
     @property
     def fileno(self) -> int | None:
-        """The sentinel (owned by the process's owner: never closed here)."""
+        """Our copy of the sentinel."""
         return self._fd
 
     def is_ready(self) -> bool:
         """Whether the process has ended (its sentinel is readable)."""
-        readable, _, _ = select.select([self._fd], [], [], 0)
-        return bool(readable)
+        # poll(), not select(): select() cannot take a descriptor past FD_SETSIZE (1024).
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def close(self) -> None:
-        """Nothing to release: the sentinel belongs to the owner."""
+        """Close our copy (once)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            _fds.close(fd, self._born)
 
 
 class SentinelMonitor:
