@@ -6,10 +6,13 @@ watched) and lower its thresholds; nothing here changes behaviour but those knob
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from zombiereaper import Child, _engine
 from zombiereaper._backends.pidfd import PidfdMonitor
+from zombiereaper._child import on_settled
 from zombiereaper._watch import Watch
 
 
@@ -84,3 +87,13 @@ def set_relay_timing(
         monkeypatch.setattr(PidfdMonitor, "relay_ping_interval", ping)
     if answer is not None:
         monkeypatch.setattr(PidfdMonitor, "relay_answer_timeout", answer)
+
+
+def when_settled(child: Child, callback: Callable[[], object]) -> None:
+    """Call ``callback`` on the reaping thread once ``child`` is settled, after its on_exit."""
+    on_settled(child, lambda _child: callback())
+
+
+def call_later(delay: float, callback: Callable[[], object]) -> None:
+    """Have the running engine call ``callback`` on its reaping thread in ``delay`` seconds."""
+    engine_now().call_later(delay, callback)

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import _fds, _sighandler
+from . import _fds, _linux, _sighandler
 from ._backends import Monitors
 from ._backends.sigchld import SweepSchedule
 from ._errors import ReaperError
@@ -62,6 +62,8 @@ class Engine:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # Out of descriptors later, two freed for a moment still tell a child from a stranger.
+        _fds.fill_reserve()
         self._wake_read, _ = _sighandler.wakeup_fds()
         self._epoll: select.epoll | None = None
         if hasattr(select, "epoll"):
@@ -78,10 +80,9 @@ class Engine:
         self._all_scope: AllScope | None = None
         self._all_deadline: float | None = None
         self._all_schedule = SweepSchedule(time.monotonic())
-        #: spawn() calls between their fork and the registration of the child's pid: until
-        #: then the new child looks like nobody's to the all-scope sweep.
-        self._spawning = 0
-        self._spawns = 0
+        #: When each spawn() in progress began (boot ticks): until it registers its child, a
+        #: child started since looks like nobody's to the all-scope sweep.
+        self._spawning: list[int] = []
         self._callbacks: collections.deque[Callable[[], object]] = collections.deque()
         self._timers: list[Timer] = []
         self._timer_numbers = itertools.count()
@@ -187,10 +188,15 @@ class Engine:
         """
         return _Spawning(self)
 
-    def _count_spawn(self, delta: int) -> None:
+    def _spawn_began(self) -> int:
+        tick = _linux.boot_ticks()
         with self._lock:
-            self._spawning += delta
-            self._spawns += delta > 0
+            self._spawning.append(tick)
+        return tick
+
+    def _spawn_ended(self, tick: int) -> None:
+        with self._lock:
+            self._spawning.remove(tick)
 
     # --- settling: the one place -------------------------------------------------------------
 
@@ -382,8 +388,7 @@ class Engine:
             return Ownership(
                 owned=frozenset(self._by_pid) | self.helper_pids(),
                 our_fds=_fds.snapshot(),
-                spawning=self._spawning,
-                spawns=self._spawns,
+                spawning_since=min(self._spawning, default=None),
             )
 
     # --- the thread ---------------------------------------------------------------------------
@@ -497,16 +502,17 @@ class Engine:
 class _Spawning:
     """The context of one spawn in progress (see :meth:`Engine.spawning`)."""
 
-    __slots__ = ("_engine",)
+    __slots__ = ("_engine", "_tick")
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._tick = 0
 
     def __enter__(self) -> None:
-        self._engine._count_spawn(+1)
+        self._tick = self._engine._spawn_began()
 
     def __exit__(self, *exc: object) -> None:
-        self._engine._count_spawn(-1)
+        self._engine._spawn_ended(self._tick)
 
 
 @dataclass(order=True)

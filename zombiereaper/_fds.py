@@ -14,12 +14,13 @@ is tracked. Steps under the lock never block: pidfd_open, close, non-blocking se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 _lock = threading.Lock()
 #: fd -> how to close it (None: os.close). Socket objects close through their own close(),
@@ -76,6 +77,43 @@ def snapshot() -> frozenset[int]:
     """The descriptors tracked now (the all scope tells our pidfds from other code's)."""
     with _lock:
         return frozenset(_tracked)
+
+
+# --- a reserve for when descriptors run out ---------------------------------------------------
+
+#: Descriptors kept open for the moments the process has run out of them: freed for the
+#: duration of one short step (a pidfd and a /proc read, to tell a child from a process that
+#: took its pid), then taken again. Not tracked: a forked child keeps them as its reserve.
+RESERVE_SIZE: Final = 2
+_reserve: list[int] = []
+_reserve_lock = threading.Lock()
+
+
+def fill_reserve() -> None:
+    """Open the reserve (best effort: out of descriptors already, it stays short)."""
+    with _reserve_lock:
+        while len(_reserve) < RESERVE_SIZE:
+            try:
+                _reserve.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                return
+
+
+@contextlib.contextmanager
+def reserve_freed() -> Iterator[bool]:
+    """Free the reserve for one short step; yields whether there was any to free."""
+    with _reserve_lock:
+        freed = bool(_reserve)
+        while _reserve:
+            os.close(_reserve.pop())
+        try:
+            yield freed
+        finally:
+            while len(_reserve) < RESERVE_SIZE:
+                try:
+                    _reserve.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+                except OSError:
+                    break
 
 
 def count() -> int:

@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -72,6 +73,20 @@ def read_stat(pid: int) -> ProcStat | None:
             return parse_stat(file.read())
     except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
         return None
+
+
+@functools.cache
+def _clock_ticks_per_second() -> int:
+    return os.sysconf("SC_CLK_TCK")
+
+
+def boot_ticks() -> int:
+    """Now, in the unit of a process's start time: clock ticks since boot, rounded down.
+
+    A process forked after this call has a start time >= the value returned.
+    """
+    clock = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)  # boot time: Linux's
+    return int(time.clock_gettime(clock) * _clock_ticks_per_second())
 
 
 def _children_files() -> list[str]:

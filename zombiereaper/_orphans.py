@@ -130,14 +130,14 @@ class Ownership:
     Attributes:
         owned: Pids of the children that Reapers watch as their own.
         our_fds: The library's own descriptors (its pidfds are not another owner's).
-        spawning: spawn() calls between their fork and the registration of the child.
-        spawns: How many spawn() calls have started so far.
+        spawning_since: When the oldest spawn() in progress began (boot ticks, the unit of
+            a start time), or None: a child that started since may be one that spawn() has
+            forked and not registered yet.
     """
 
     owned: frozenset[int]
     our_fds: frozenset[int]
-    spawning: int
-    spawns: int
+    spawning_since: int | None
 
 
 class AllScope:
@@ -149,7 +149,8 @@ class AllScope:
         self._lock = threading.Lock()
         #: zombie (pid, start time) -> when to look at it again
         self._next_look: dict[tuple[int, int], float] = {}
-        self._recorded: set[tuple[int, int]] = set()
+        #: zombie (pid, start time) -> the status recorded for it (each is recorded once)
+        self._recorded: dict[tuple[int, int], ExitStatus] = {}
         self._left_alone: set[int] = set()
 
     @property
@@ -161,6 +162,19 @@ class AllScope:
     def grace(self) -> float:
         """Seconds an unknown zombie is left to its owner."""
         return self._grace
+
+    def take_over(self, status: ExitStatus) -> bool:
+        """A Reaper settled a child whose exit the sweep may have recorded already.
+
+        Returns:
+            Whether the sweep recorded this very exit (its ``on_exit`` has run for it then).
+        """
+        with self._lock:
+            for key, recorded in self._recorded.items():
+                if key[0] == status.pid and recorded == status:
+                    del self._recorded[key]
+                    return True
+        return False
 
     def leave_alone(self, pid: int) -> None:
         """Never touch ``pid`` (a helper of ours that we reap ourselves) until released."""
@@ -199,17 +213,19 @@ class AllScope:
             # every child alive (4,000 stat files made a sweep take 127 ms).
             listed = _linux.zombie_children(skip=before.owned | self._left_alone)
             after = ownership()
-            if after.spawning or after.spawns != before.spawns:
-                # One of our spawns may have forked a child it has not registered yet: it
-                # would look like nobody's. Touch nothing, look again in a moment.
-                self._next_look = {k: min(t, now + _HOLD_RETRY) for k, t in self._next_look.items()}
-                return [], now + _HOLD_RETRY
             skip = before.owned | after.owned | self._left_alone
             zombies = [z for z in listed if z.pid not in skip and (only is None or z.pid == only)]
+            # A zombie that started while one of our spawns was in progress may be the child
+            # it forked and has not registered yet: it would look like nobody's. Only those are
+            # held back, so that spawns one after another never starve the orphans.
+            since = after.spawning_since
+            held = since is not None and any(z.start_time >= since for z in zombies)
+            if since is not None:
+                zombies = [z for z in zombies if z.start_time < since]
             if only is None:
                 present = {z.key for z in zombies}
                 self._next_look = {k: t for k, t in self._next_look.items() if k in present}
-                self._recorded &= present
+                self._recorded = {k: s for k, s in self._recorded.items() if k in present}
             recorded = [status for z in zombies if (status := self._record_once(z)) is not None]
             due = [
                 z
@@ -218,7 +234,8 @@ class AllScope:
             ]
             if due:
                 self._settle(due, after.our_fds, now)
-            return recorded, min(self._next_look.values(), default=None)
+            deadlines = [*self._next_look.values(), *([now + _HOLD_RETRY] if held else [])]
+            return recorded, min(deadlines, default=None)
 
     def _record_once(self, zombie: _linux.ProcStat) -> ExitStatus | None:
         if zombie.key in self._recorded:
@@ -229,7 +246,7 @@ class AllScope:
             return None  # its owner reaped it since the listing
         if status is None:
             return None
-        self._recorded.add(zombie.key)
+        self._recorded[zombie.key] = status
         return status
 
     def _settle(self, due: list[_linux.ProcStat], our_fds: frozenset[int], now: float) -> None:

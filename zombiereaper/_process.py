@@ -29,13 +29,15 @@ import errno
 import functools
 import os
 import signal
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from . import _fds, _linux
 from ._status import wait_status_from_waitid
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+T = TypeVar("T")
 
 #: waitid options: read an exit without reaping, and reap one, never blocking.
 PEEK: Final = os.WEXITED | os.WNOHANG | getattr(os, "WNOWAIT", 0)
@@ -202,23 +204,67 @@ def send_signal_checked(
     Returns:
         Whether the signal was sent.
     """
+    return _checked(
+        pid,
+        lambda _strict: still_ours(),
+        lambda fd: _signal_pidfd(fd, pid, sig, group),
+        lambda: _kill(pid, sig, group=group),
+        False,
+    )
+
+
+def _checked(
+    pid: int,
+    still_ours: Callable[[bool], bool],
+    through_pidfd: Callable[[int], T],
+    by_pid: Callable[[], T],
+    gone: T,
+) -> T:
+    """``through_pidfd(fd)`` with a pidfd for ``pid`` opened before ``still_ours`` said yes.
+
+    The pidfd was opened first: if the check then says the pid is still the process we mean,
+    the pidfd names that process, and the call cannot reach one that took the pid since.
+    ``gone`` when the check says no (or there is no such process). ``still_ours(strict)``
+    may raise EMFILE when ``strict`` (it reads /proc); out of descriptors, all of it runs
+    again with the reserve freed. Without pidfds at all, or when even that fails, the check
+    comes right before ``by_pid()``: the window left is the process being reaped by another
+    waiter and its pid handed to a new one between the two calls.
+    """
+
+    def exact() -> T:
+        if not can_use_pidfd():
+            return degraded()
+        try:
+            fd = open_pidfd(pid)
+        except ProcessLookupError:
+            return gone
+        born = _fds.generation()
+        try:
+            return through_pidfd(fd) if still_ours(True) else gone
+        finally:
+            _fds.close(fd, born)
+
+    def degraded() -> T:
+        return by_pid() if still_ours(False) else gone
+
+    return _with_room(exact, degraded)
+
+
+def _with_room(action: Callable[[], T], degraded: Callable[[], T]) -> T:
+    """``action()``; out of descriptors, again with the reserve freed, else ``degraded()``."""
     try:
-        fd = _open_pidfd_or_none(pid)
-    except ProcessLookupError:
-        return False
-    if fd is None:
-        # No pidfds here (or none left): check, then signal. The window left is the process
-        # being reaped and its pid handed to a new one between the two calls.
-        if not still_ours():
-            return False
-        return _kill(pid, sig, group=group)
-    born = _fds.generation()
-    try:
-        if not still_ours():
-            return False
-        return _signal_pidfd(fd, pid, sig, group)
-    finally:
-        _fds.close(fd, born)
+        return action()
+    except OSError as err:
+        if err.errno not in OUT_OF_DESCRIPTORS:
+            raise
+    with _fds.reserve_freed() as freed:
+        if freed:
+            try:
+                return action()
+            except OSError as err:
+                if err.errno not in OUT_OF_DESCRIPTORS:
+                    raise
+    return degraded()
 
 
 def _signal_pidfd(fd: int, pid: int, sig: int, group: bool) -> bool:
@@ -238,24 +284,6 @@ def _signal_pidfd(fd: int, pid: int, sig: int, group: bool) -> bool:
         return _kill(pid, sig, group=True)
     except ProcessLookupError:
         return False
-
-
-def _open_pidfd_or_none(pid: int) -> int | None:
-    """A pidfd for ``pid``, or None where pidfds are missing or have run out.
-
-    Raises:
-        ProcessLookupError: No process has this pid.
-    """
-    if not can_use_pidfd():
-        return None
-    try:
-        return open_pidfd(pid)
-    except ProcessLookupError:
-        raise
-    except OSError as err:
-        if err.errno in OUT_OF_DESCRIPTORS:
-            return None
-        raise
 
 
 def _kill(pid: int, sig: int, *, group: bool = False) -> bool:
@@ -323,15 +351,24 @@ class ProcessRef:
         """The pidfd, readable once the process has exited; None when named by start time."""
         return self._fd
 
-    def _is_same(self) -> bool:
-        """Whether the process that has the pid now is this one (by start time)."""
+    def _is_same(self, strict: bool) -> bool:
+        """Whether the process that has the pid now is this one (by start time).
+
+        Raises:
+            OSError: EMFILE/ENFILE when ``strict`` and /proc cannot be read; not ``strict``,
+                the pid is all there is then (and True).
+        """
         if self._start is None:
             return True  # no /proc here: a pid is all there is (documented window)
         try:
             return start_time(self.pid) == self._start
-        except OSError:
-            # Out of descriptors, /proc cannot be read: the pid is all there is for now.
+        except OSError as err:
+            if strict or err.errno not in OUT_OF_DESCRIPTORS:
+                raise
             return True
+
+    def _is_same_with_room(self) -> bool:
+        return _with_room(lambda: self._is_same(True), lambda: self._is_same(False))
 
     # --- reading and reaping ------------------------------------------------------------------
 
@@ -354,7 +391,7 @@ class ProcessRef:
         # of ours, that one's exit is what shows up here, and is checked then. An exit counts
         # only if this process still has the pid after the read: it had it before (since it
         # was opened), so it had it at the read.
-        if raw is not None and not self._is_same():
+        if raw is not None and not self._is_same_with_room():
             raise ProcessGone(self.pid)
         return raw
 
@@ -367,26 +404,13 @@ class ProcessRef:
         try:
             if self._fd is not None:
                 return reap_pidfd(self._fd)
-            fd = _open_pidfd_or_none(self.pid)
-            if fd is None:
-                if not self._is_same():
-                    raise ProcessGone(self.pid)
-                return reap_pid(self.pid)
-            born = _fds.generation()
-            try:
-                # The pidfd was opened first: if the pid still names this process after, the
-                # pidfd names it too, and reaping through it cannot take a stranger's status.
-                if not self._is_same():
-                    raise ProcessGone(self.pid)
-                return reap_pidfd(fd)
-            finally:
-                _fds.close(fd, born)
-        except ProcessLookupError:
+            gone: int | _Gone | None = _GONE
+            raw = _checked(self.pid, self._is_same, reap_pidfd, lambda: reap_pid(self.pid), gone)
+        except ChildProcessError:
             raise ProcessGone(self.pid) from None
-        except ChildProcessError as err:
-            if isinstance(err, ProcessGone):
-                raise
-            raise ProcessGone(self.pid) from None
+        if isinstance(raw, _Gone):
+            raise ProcessGone(self.pid)
+        return raw
 
     # --- signals --------------------------------------------------------------------------
 
@@ -407,21 +431,18 @@ class ProcessRef:
         """
         if self._fd is not None:
             return _signal_pidfd(self._fd, self.pid, sig, group)
-        try:
-            fd = _open_pidfd_or_none(self.pid)
-        except ProcessLookupError:
-            return False
-        if fd is None:
-            if not self._is_same() or (group and not self._is_unreaped_child()):
-                return False
-            return _kill(self.pid, sig, group=group)
-        born = _fds.generation()
-        try:
-            if not self._is_same():
-                return False
-            return _signal_pidfd(fd, self.pid, sig, group)
-        finally:
-            _fds.close(fd, born)
+
+        def still_ours(strict: bool) -> bool:
+            # A group by id (no pidfd): only while the leader is unreaped keeps the id its own.
+            return self._is_same(strict) and (not group or self._is_unreaped_child())
+
+        return _checked(
+            self.pid,
+            still_ours,
+            lambda fd: _signal_pidfd(fd, self.pid, sig, group),
+            lambda: _kill(self.pid, sig, group=group),
+            False,
+        )
 
     def _is_unreaped_child(self) -> bool:
         if not can_peek():
@@ -473,31 +494,43 @@ class ProcessRef:
 def _start_time_of_child(pid: int) -> int | None:
     """The start time of the unreaped child ``pid``, read so that it is surely that child's.
 
+    None where /proc is missing, or cannot be read even with the reserve (then the child is
+    named by its pid alone).
+
     Raises:
         ChildProcessError: ``pid`` is not an unreaped child of ours.
     """
-    try:
-        fd = _open_pidfd_or_none(pid)
-    except ProcessLookupError:
-        raise ChildProcessError(f"no process has pid {pid}") from None
-    if fd is None:
+
+    def exact() -> int | None:
+        if not can_use_pidfd():
+            return degraded()
+        try:
+            fd = open_pidfd(pid)
+        except ProcessLookupError:
+            raise ChildProcessError(f"no process has pid {pid}") from None
+        born = _fds.generation()
+        try:
+            start = start_time(pid)
+            # Still our unreaped child through the pidfd opened before the read: the read was
+            # of the process the pidfd names.
+            peek_pidfd(fd)
+            return start
+        finally:
+            _fds.close(fd, born)
+
+    def degraded() -> int | None:
         if can_peek():
             peek_pid(pid)
-        return _start_time_or_none(pid)
-    born = _fds.generation()
-    try:
-        start = _start_time_or_none(pid)
-        # Still our unreaped child through the pidfd opened before the read: the read was of
-        # the process the pidfd names.
-        peek_pidfd(fd)
-        return start
-    finally:
-        _fds.close(fd, born)
+        try:
+            return start_time(pid)
+        except OSError:
+            return None
+
+    return _with_room(exact, degraded)
 
 
-def _start_time_or_none(pid: int) -> int | None:
-    """The start time, or None (named by pid alone) when /proc cannot be read (EMFILE)."""
-    try:
-        return start_time(pid)
-    except OSError:
-        return None
+class _Gone:
+    """The marker for "the process checked is not the one named" (see _checked)."""
+
+
+_GONE: Final = _Gone()

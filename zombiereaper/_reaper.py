@@ -160,6 +160,8 @@ class Reaper:
         #: pid -> the live children, published only once fully registered with the engine.
         self._live: dict[int, _Live] = {}
         self._records = _ChildRecords(self)
+        #: Children whose exit the all-scope sweep announced before a watch() settled them.
+        self._announced: set[int] = set()
         # Popen and Process objects already watched, so that watching one again, even after
         # it exited, returns the same Child.
         # Keyed by id(): a WeakKeyDictionary would never let go, as each Child holds its target.
@@ -252,6 +254,9 @@ class Reaper:
         ``stop_timeout`` seconds. Nothing this Reaper spawned outlives the call, as a process
         or as a zombie. Does nothing when the Reaper is not installed.
 
+        Interrupted (a KeyboardInterrupt while it waits for children to stop), the Reaper
+        stays installed, with the children that still run: call ``uninstall()`` again.
+
         Warns:
             RuntimeWarning: Some children ignored SIGTERM and were killed.
         """
@@ -274,13 +279,25 @@ class Reaper:
                 raise
         try:
             with self._lock:
-                services, self._services = self._services, []
+                services = list(self._services)
             for service in reversed(services):
                 service.stop()
+                with self._lock:
+                    if service in self._services:
+                        self._services.remove(service)
             # It may raise its RuntimeWarning (as an error, under -W error) once all are reaped.
             self._stop_children(engine)
-        finally:
-            self._leave(engine)
+        except BaseException:
+            with self._lock:
+                interrupted = bool(self._live or self._services)
+                if interrupted:
+                    # Leaving now would stop the engine under children that still run: their
+                    # exits could never be recorded. Still installed: uninstall() again.
+                    self._closing = False
+            if not interrupted:
+                self._leave(engine)
+            raise
+        self._leave(engine)
 
     def _leave(self, engine: _engine.Engine) -> None:
         with self._lock:
@@ -768,6 +785,12 @@ class Reaper:
 
     def _record_child(self, watch: Watch) -> None:
         status = watch.outcome
+        scope = self._all_scope
+        if status is not None and scope is not None and scope.take_over(status):
+            # The sweep saw this exit first (the child was watch()ed within its grace): it is
+            # recorded, and on_exit has run for it, once.
+            with self._lock:
+                self._announced.add(watch.pid)
         if status is not None:
             # Recorded before the child leaves the live set, so wait(pid) always finds it.
             record_exit(self._registry, status)
@@ -781,6 +804,13 @@ class Reaper:
                     self._lost.popitem(last=False)
             else:
                 self._lost.pop(watch.pid, None)
+
+    def _announce_child(self, pid: int, status: ExitStatus | None) -> None:
+        with self._lock:
+            if pid in self._announced:
+                self._announced.discard(pid)
+                return
+        self._announce(pid, status)
 
     def _announce(self, pid: int, status: ExitStatus | None) -> None:
         if status is None:
@@ -807,6 +837,7 @@ class Reaper:
         self._closing = False
         self._engine = None
         self._live = {}
+        self._announced = set()
         self._by_target = weakref.WeakValueDictionary()
         self._registry = Registry(self._registry.history)
         self._all_scope = None
@@ -833,7 +864,7 @@ class _ChildRecords:
 
     def announce(self, watch: Watch) -> None:
         """Tell ``on_exit`` (on the reaping thread)."""
-        self._reaper._announce(watch.pid, watch.outcome)
+        self._reaper._announce_child(watch.pid, watch.outcome)
 
 
 class _OrphanRecords:
