@@ -436,5 +436,3 @@ class PidSource:
         """Signal the child: only the engine reaps it, and the watch's lock is held."""
         assert isinstance(notice, ProcessRef)
         return notice.send_signal(sig, group=group)
-
-
