@@ -102,6 +102,9 @@ class PopenSource:
             try:
                 ref = open_ref(popen.pid, backend)
             except ChildProcessError:
+                if held:
+                    # Nothing of Popen's could reap it under its lock: a stranger's wait did.
+                    return Known(None)
                 # Its own wait() in another thread reaped it since the check.
                 return Known(wait_for_gone(self))
             code = _returncode(popen)  # read again: another thread's wait() may have set it
