@@ -130,7 +130,12 @@ class Engine:
                 self._conclude(watch, opened.outcome)
             return watch
         watch.notice = opened
-        self.monitors.add(watch)
+        try:
+            self.monitors.add(watch)
+        except BaseException:
+            opened.close()
+            self._release_pid(watch)
+            raise
         return watch
 
     def settle(self, watch: Watch) -> bool:
