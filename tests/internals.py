@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from zombiereaper import Child, _engine
+from zombiereaper import Child, _engine, _sighandler
 from zombiereaper._backends.pidfd import PidfdMonitor
 from zombiereaper._child import on_settled
 from zombiereaper._watch import Watch
@@ -97,3 +97,8 @@ def when_settled(child: Child, callback: Callable[[], object]) -> None:
 def call_later(delay: float, callback: Callable[[], object]) -> None:
     """Have the running engine call ``callback`` on its reaping thread in ``delay`` seconds."""
     engine_now().call_later(delay, callback)
+
+
+def wake_reaping_threads() -> None:
+    """Write to the wakeup pipe that every engine's reaping thread polls."""
+    _sighandler.wake()

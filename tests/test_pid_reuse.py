@@ -338,3 +338,32 @@ def test_a_stolen_status_is_lost_not_borrowed_from_the_next_owner_of_the_pid(
     if reader == "poll":
         assert seen["b_child"] == 9, f"B's Child lost its own status: {seen}"
     assert seen["b_popen"] == 9, f"B's Popen lost its own status: {seen}"
+
+
+def case_watch_of_a_reaped_popen_whose_pid_is_reused() -> dict[str, object]:
+    """watch() of a Popen its own wait() reaped, while another watched child has its pid."""
+    result: dict[str, object] = {}
+    with Reaper() as reaper:
+        first = subprocess.Popen(exit_on_eof(7), stdin=subprocess.PIPE)
+        assert first.stdin is not None
+        first.stdin.close()
+        result["own_wait"] = first.wait(STEP)
+        set_next_pid(first.pid - 1)
+        second = reaper.spawn(exit_on_eof(0), stdin=subprocess.PIPE)
+        result["reused"] = second.pid == first.pid
+        try:
+            watched = reaper.watch(first)
+            result["watched"] = outcome(lambda: watched.wait(STEP))
+        except Exception as err:  # reported: the test asserts on it
+            result["watched"] = f"{type(err).__name__}: {err}"
+        assert second.popen is not None and second.popen.stdin is not None
+        second.popen.stdin.close()
+        result["second"] = outcome(lambda: second.wait(STEP))
+    return result
+
+
+def test_watching_a_reaped_popen_records_its_own_code_even_when_its_pid_is_reused() -> None:
+    """A Popen already reaped by its own wait() is recorded with its code, whoever has its pid."""
+    seen = call_as_pid1(case_watch_of_a_reaped_popen_whose_pid_is_reused)
+    assert seen["reused"], f"the case did not set up: {seen}"
+    assert seen == {"own_wait": 7, "reused": True, "watched": 7, "second": 0}, seen

@@ -64,7 +64,18 @@ class Engine:
         self._lock = threading.Lock()
         # Out of descriptors later, two freed for a moment still tell a child from a stranger.
         _fds.fill_reserve()
+        #: The process's wakeup pipe, which the SIGCHLD handler writes to: it asks for sweeps.
         self._wake_read, _ = _sighandler.wakeup_fds()
+        #: This engine's own: call_soon(), timers and the stop wake it. Never the shared one,
+        #: which the engine that replaces a stopping one may drain first (a lost stop hangs
+        #: uninstall(); a lost timer stalls a Service).
+        with _fds.step():
+            self._own_read, self._own_write = os.pipe()
+            _fds.track(self._own_read)
+            _fds.track(self._own_write)
+        self._own_born = _fds.generation()
+        for fd in (self._own_read, self._own_write):
+            os.set_blocking(fd, False)
         self._epoll: select.epoll | None = None
         if hasattr(select, "epoll"):
             with _fds.step():
@@ -72,6 +83,7 @@ class Engine:
                 _fds.track(self._epoll.fileno(), self._epoll.close)
             self._epoll_born = _fds.generation()
             self._epoll.register(self._wake_read, select.EPOLLIN)
+            self._epoll.register(self._own_read, select.EPOLLIN)
         #: fd -> what to run on the reaping thread when it is readable.
         self._readers: dict[int, Callable[[], object]] = {}
         #: pid -> Watch for every child watched: the all-scope sweep leaves these alone.
@@ -119,7 +131,18 @@ class Engine:
             ReaperError: Another Reaper watches the same child, or the engine has stopped.
         """
         watch = Watch(source, sink)
-        self._claim_pid(watch, fresh=fresh)
+        try:
+            self._claim_pid(watch, fresh=fresh)
+        except ReaperError:
+            # The pid is another live watch's. A Popen or Process whose own wait has reaped
+            # its child already (the pid reused since) is not that child: its code is known.
+            opened = source.open(backend)
+            if not isinstance(opened, Known):
+                opened.close()
+                raise
+            with watch.lock:
+                self._conclude(watch, opened.outcome)
+            return watch
         try:
             opened = source.open(backend)
         except BaseException:
@@ -306,7 +329,16 @@ class Engine:
         """Run ``callback`` on the reaping thread."""
         self._callbacks.append(callback)
         if threading.current_thread() is not self._thread:
-            _sighandler.wake()
+            self._wake_own()
+
+    def _wake_own(self) -> None:
+        with self._lock:  # never into a descriptor that _close() has closed (and maybe reused)
+            if self._closed:
+                return
+            try:
+                os.write(self._own_write, b"\0")
+            except BlockingIOError:
+                pass  # full: a wakeup is pending already
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
         """Run ``callback`` on the reaping thread in ``delay`` seconds (unless cancelled)."""
@@ -314,7 +346,7 @@ class Engine:
         with self._lock:
             heapq.heappush(self._timers, timer)
         if threading.current_thread() is not self._thread:
-            _sighandler.wake()
+            self._wake_own()
         return timer
 
     def sweep_needed(self) -> None:
@@ -443,9 +475,12 @@ class Engine:
             events = self._epoll.poll(-1 if timeout is None else timeout, _EPOLL_MAX_EVENTS)
             fds = [fd for fd, _ in events]
         else:
-            readable, _, _ = select.select([self._wake_read], [], [], timeout)
+            readable, _, _ = select.select([self._wake_read, self._own_read], [], [], timeout)
             fds = list(readable)
         for fd in fds:
+            if fd == self._own_read:
+                _sighandler.drain(fd)
+                continue
             if fd == self._wake_read:
                 if self._stopping:
                     # The pipe is the process's: a wakeup written now is for the engine that
@@ -488,7 +523,7 @@ class Engine:
 
     def _stop(self) -> None:
         self._stopping = True
-        _sighandler.wake()
+        self._wake_own()
         if threading.current_thread() is not self._thread:
             self._thread.join()
         # Stopped from its own thread (an on_exit that uninstalls), the loop ends after this
@@ -498,6 +533,8 @@ class Engine:
         with self._lock:
             self._closed = True
             self._readers.clear()
+            for fd in (self._own_read, self._own_write):
+                _fds.close(fd, self._own_born)
         self.monitors.close()
         epoll = self._epoll
         if epoll is not None:
