@@ -324,7 +324,8 @@ PID1_PROGRAM = textwrap.dedent(
     import os, signal, subprocess, sys, time
     orphans = []
     for n in range(50):
-        out = subprocess.run(["sh", "-c", "(sleep 0.2; exit 3) & echo $!"],
+        # The orphan's output goes elsewhere: holding the pipes, it would make run() wait.
+        out = subprocess.run(["sh", "-c", "(sleep 0.2; exit 3) >/dev/null 2>&1 & echo $!"],
                              capture_output=True, text=True, check=True).stdout
         orphans.append(int(out))
     deadline = time.monotonic() + 20
