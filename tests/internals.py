@@ -6,6 +6,7 @@ watched) and lower its thresholds; nothing here changes behaviour but those knob
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
@@ -102,3 +103,14 @@ def call_later(delay: float, callback: Callable[[], object]) -> None:
 def wake_reaping_threads() -> None:
     """Write to the wakeup pipe that every engine's reaping thread polls."""
     _sighandler.wake()
+
+
+def relay_socket_names() -> set[str]:
+    """``socket:[inode]`` of this process's end of its connection to the relay, if any."""
+    relay = engine_now().monitors.pidfd._relay
+    if relay is None:
+        return set()
+    try:
+        return {f"socket:[{os.fstat(relay.fileno()).st_ino}]"}
+    except OSError:
+        return set()  # closed meanwhile
