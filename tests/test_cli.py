@@ -153,6 +153,27 @@ def test_bad_usage_exits_non_zero_with_a_usage_message(args: list[str]) -> None:
     assert "usage: zombiereaper" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "unknown"),
+    [
+        (["run", "--bogus", "--", "true"], "--bogus"),
+        (["run", "-v", "--bogus"], "--bogus"),
+        (["zombies", "--bogus"], "--bogus"),
+        (["demo", "extra"], "extra"),
+    ],
+)
+def test_an_unknown_argument_gets_its_subcommands_usage(
+    args: list[str], unknown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An argument a subcommand does not know: that subcommand's usage and error, exit 2."""
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"usage: zombiereaper {args[0]} ")
+    assert lines[-1] == f"zombiereaper {args[0]}: error: unrecognized arguments: {unknown}"
+
+
 def test_remap_exit_turns_listed_codes_into_0() -> None:
     """-e CODE makes that exit code 0; other codes pass through."""
     assert run_cli("run", "-s", "-e", "3", "-e", "143", "--", "sh", "-c", "exit 3").returncode == 0

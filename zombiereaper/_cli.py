@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
@@ -52,6 +52,24 @@ def _seconds(text: str) -> float:
     return value
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser, which rejects the arguments it does not know itself.
+
+    argparse hands a subcommand's unknown arguments back to the top-level parser, which then
+    prints its own usage (``zombiereaper [-h] [--version] COMMAND ...``): the user of
+    ``zombiereaper run --bogus`` needs the usage of ``run``.
+    """
+
+    def parse_known_args(  # type: ignore[override]  # typeshed overloads it; same contract
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        """Parse ``args``; exit 2 with this subcommand's usage if any is left unrecognized."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``zombiereaper`` command."""
     parser = argparse.ArgumentParser(
@@ -59,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keep processes free of zombies: a container init, a zombie finder, a demo.",
     )
     parser.add_argument("--version", action="version", version=f"zombiereaper {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_SubcommandParser
+    )
 
     run = commands.add_parser(
         "run",
