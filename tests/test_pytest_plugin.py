@@ -245,3 +245,79 @@ def test_the_relay_started_during_a_test_is_not_a_leak(pytester: pytest.Pytester
         """
     )
     _run(pytester, "--zombies=fail", "-W", "error").assert_outcomes(passed=2)
+
+
+def test_a_positional_marker_argument_is_a_setup_error_naming_the_keyword_form(
+    pytester: pytest.Pytester,
+) -> None:
+    """`@pytest.mark.reaper("all")` errors at setup and says to write `reaper(scope='all')`."""
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.reaper("all")
+        def test_positional(reaper):
+            pass
+        """
+    )
+    result = _run(pytester)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "@pytest.mark.reaper('all'): the reaper marker takes keyword arguments only, those "
+            "of Reaper() (scope=, *): write @pytest.mark.reaper(scope='all')"
+        ]
+    )
+
+
+def test_a_bad_marker_keyword_is_a_setup_error_naming_the_marker(
+    pytester: pytest.Pytester,
+) -> None:
+    """A keyword that Reaper() does not take errors at setup, naming the marker and the keywords."""
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.reaper(timeout=1.0)
+        def test_bad_keyword(reaper):
+            pass
+        """
+    )
+    result = _run(pytester)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "@pytest.mark.reaper(timeout=1.0): "
+            "*unexpected keyword argument 'timeout' (it takes scope=*"
+        ]
+    )
+    result.stdout.no_fnmatch_line("*During handling of the above exception*")
+
+
+STUBBORN_CHILD_TEST = """
+import subprocess
+import pytest
+
+
+@pytest.mark.reaper(stop_timeout=0.1)
+def test_stubborn(reaper):
+    child = reaper.spawn(
+        ["sh", "-c", "trap '' TERM; echo ready; exec sleep 30"], stdout=subprocess.PIPE
+    )
+    assert child.popen.stdout.readline() == b"ready\\n"
+    child.popen.stdout.close()
+"""
+
+
+def test_the_fixtures_warning_points_at_the_test(pytester: pytest.Pytester) -> None:
+    """The RuntimeWarning of a child killed at the fixture's teardown names the test's file:line."""
+    pytester.makepyfile(test_stubborn=STUBBORN_CHILD_TEST)
+    result = _run(pytester)
+    result.assert_outcomes(passed=1, warnings=1)
+    line = STUBBORN_CHILD_TEST.lstrip().splitlines().index("@pytest.mark.reaper(stop_timeout=0.1)")
+    result.stdout.fnmatch_lines(
+        [
+            f"*test_stubborn.py:{line + 1}: RuntimeWarning: "
+            "pid * still ran 0.1 s after SIGTERM; sent SIGKILL"
+        ]
+    )

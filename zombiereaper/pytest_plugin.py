@@ -13,15 +13,17 @@ watches hundreds of children).
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import time
 import warnings
-from typing import TYPE_CHECKING, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import psutil
 import pytest
 
 from . import _engine
-from ._errors import ChildLeakWarning
+from ._errors import ChildLeakWarning, ReaperError
 from ._reaper import Reaper
 
 if TYPE_CHECKING:
@@ -36,6 +38,9 @@ _LONG_LIVED_HELPERS: Final = ("multiprocessing.forkserver", "multiprocessing.res
 #: How long a leftover may take to go away by itself (a child reaped by a thread that is just
 #: finishing) before it is reported.
 _GRACE: Final = 1.0
+
+#: The keyword arguments of Reaper(), which the ``reaper`` marker passes on.
+_REAPER_KEYWORDS: Final = tuple(f"{name}=" for name in inspect.signature(Reaper).parameters)
 
 #: The children that existed when the test's setup began (zombies are new after it) and when
 #: its call began (running children are new after it: one started by a module- or
@@ -66,8 +71,8 @@ def pytest_configure(config: pytest.Config) -> None:
     _mode(config)
     config.addinivalue_line(
         "markers",
-        "reaper(**kwargs): keyword arguments for the Reaper of the `reaper` fixture "
-        "(backend=, stop_timeout=, history=, on_exit=)",
+        "reaper(**kwargs): keyword arguments (only) for the Reaper of the `reaper` fixture: "
+        + ", ".join(_REAPER_KEYWORDS),
     )
 
 
@@ -85,12 +90,88 @@ def reaper(request: pytest.FixtureRequest) -> Iterator[Reaper]:
     """An installed :class:`~zombiereaper.Reaper` for the test, uninstalled after it.
 
     Everything the test spawned through it is stopped and reaped at teardown. Configure it with
-    ``@pytest.mark.reaper(backend="sigchld", stop_timeout=1.0)``.
+    ``@pytest.mark.reaper(backend="sigchld", stop_timeout=1.0)``: the marker takes the keyword
+    arguments of :class:`~zombiereaper.Reaper`, and nothing else. The warnings of the Reaper's
+    setup and teardown (a ``RuntimeWarning`` when a child ignored SIGTERM and was killed) are
+    reported at the test function.
     """
-    marker = request.node.get_closest_marker("reaper")
-    kwargs = dict(marker.kwargs) if marker is not None else {}
-    with Reaper(**kwargs) as installed:
+    item = request.node
+    installed = _new_reaper(item)
+    with _warnings_at_test(item):
+        installed.install()
+    try:
         yield installed
+    finally:
+        with _warnings_at_test(item):
+            installed.uninstall()
+
+
+def _new_reaper(item: pytest.Item) -> Reaper:
+    """The Reaper that the test's ``reaper`` marker asks for; a setup error naming the marker."""
+    kwargs = _reaper_kwargs(item)
+    try:
+        return Reaper(**kwargs)
+    except (TypeError, ValueError, ReaperError) as err:
+        problem = f"{_marker_call(item)}: {err}"
+        if isinstance(err, TypeError):
+            problem += f" (it takes {', '.join(_REAPER_KEYWORDS)})"
+    # Failed outside the except block: pytest would show the chain of both errors.
+    pytest.fail(problem, pytrace=False)
+
+
+def _reaper_kwargs(item: pytest.Item) -> dict[str, Any]:
+    marker = item.get_closest_marker("reaper")
+    if marker is None:
+        return {}
+    if marker.args:
+        # Reaper() is keyword-only, and so is its marker: one rule, and nothing is guessed.
+        if len(marker.args) == 1 and marker.args[0] in ("owned", "all"):
+            example = f"@pytest.mark.reaper(scope={marker.args[0]!r})"
+        else:
+            example = '@pytest.mark.reaper(backend="sigchld", stop_timeout=1.0)'
+        pytest.fail(
+            f"{_marker_call(item)}: the reaper marker takes keyword arguments only, those of "
+            f"Reaper() ({', '.join(_REAPER_KEYWORDS)}): write {example}",
+            pytrace=False,
+        )
+    return dict(marker.kwargs)
+
+
+def _marker_call(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("reaper")
+    if marker is None:
+        return "Reaper()"
+    arguments = [repr(arg) for arg in marker.args]
+    arguments += [f"{name}={value!r}" for name, value in marker.kwargs.items()]
+    return f"@pytest.mark.reaper({', '.join(arguments)})"
+
+
+def _test_location(item: pytest.Item) -> tuple[str, int]:
+    """The test function's file and line, where a warning about the test should point."""
+    path, lineno, _ = item.location
+    return str(item.config.rootpath / path), (lineno or 0) + 1
+
+
+@contextlib.contextmanager
+def _warnings_at_test(item: pytest.Item) -> Iterator[None]:
+    """Report the warnings raised in the block at the test function instead of where they arose.
+
+    Raised in the fixture's setup or teardown, a warning points into zombiereaper or pytest
+    (its first frame outside zombiereaper is pytest's fixture machinery). Recorded, then issued
+    again at the test once the block is over (so that, under ``-W error``, the Reaper is
+    uninstalled before the error is raised); the filters in force then decide what happens.
+    """
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        filename, lineno = _test_location(item)
+        for warning in caught:
+            warnings.warn_explicit(
+                warning.message, warning.category, filename, lineno, source=warning.source
+            )
 
 
 def _children() -> list[psutil.Process]:
@@ -191,12 +272,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     )
     if mode == "fail":
         pytest.fail(message, pytrace=False)
-    path, lineno, _ = item.location
+    filename, lineno = _test_location(item)
     # Shown at the test itself, not at this hook.
-    warnings.warn_explicit(
-        ChildLeakWarning(message),
-        ChildLeakWarning,
-        filename=str(item.config.rootpath / path),
-        lineno=(lineno or 0) + 1,
-    )
+    warnings.warn_explicit(ChildLeakWarning(message), ChildLeakWarning, filename, lineno)
     return result
