@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -437,6 +438,55 @@ def test_zombies_lists_a_leaking_parent_as_json() -> None:
     # The zombie was reparented to this process (a subreaper for the run): reap it.
     try:
         os.waitpid(zombie, 0)
+    except ChildProcessError:
+        pass
+
+
+#: A parent that starts sys.argv[1], prints its pid and never waits for it.
+LEAKY_PARENT_OF = textwrap.dedent(
+    """
+    import subprocess, sys
+    child = subprocess.Popen([sys.argv[1]])
+    print(child.pid, flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def test_zombies_escapes_control_characters_in_text_and_keeps_them_in_json(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Newlines, escapes and raw bytes of a command line or name print as \\n, \\x1b, \\xff."""
+    program = tmp_path / "zz\nz"  # a zombie's name is the name of the file it ran
+    program.symlink_to(shutil.which("true") or "/bin/true")
+    strange = ["two\nlines", "\x1b[2J", b"\xff"]
+    parent = subprocess.Popen(
+        [sys.executable, "-c", LEAKY_PARENT_OF, program, *strange],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        zombie = int(read_line(parent.stdout))
+        eventually(
+            lambda: psutil.Process(zombie).status() == psutil.STATUS_ZOMBIE,
+            what="the zombie",
+        )
+        text = run_cli("zombies")
+        assert text.returncode == 0, text.stderr
+        lines = text.stdout.splitlines()
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"parent {parent.pid} "))
+        assert lines[at].endswith(" two\\nlines \\x1b[2J \\xff")
+        assert f"    zombie {zombie} (zz\\nz)" in lines[at + 1 :]
+        assert all(line.isprintable() for line in lines)
+        data = json.loads(run_cli("zombies", "--json").stdout)
+        mine = next(p for p in data["parents"] if p["pid"] == parent.pid)
+        assert mine["cmdline"][-3:] == ["two\nlines", "\x1b[2J", os.fsdecode(b"\xff")]
+        assert {"pid": zombie, "name": "zz\nz"} in mine["zombies"]
+    finally:
+        parent.stdin.close()  # type: ignore[union-attr]
+        parent.wait(10)
+        parent.stdout.close()  # type: ignore[union-attr]
+    try:
+        os.waitpid(zombie, 0)  # reparented to this process, a subreaper for the run
     except ChildProcessError:
         pass
 

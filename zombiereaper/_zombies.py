@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Final
 
 import psutil
 
@@ -59,19 +60,58 @@ def as_json_data(parents: list[LeakingParent]) -> dict[str, object]:
 
 
 #: How many zombies of one parent the text listing names before it only counts the rest.
-_NAMED_PER_PARENT = 10
+_NAMED_PER_PARENT: Final = 10
+
+
+#: How the text listing writes the control characters that have a short escape in Python.
+_SHORT_ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    r"""``text`` with every character that a terminal would not show as itself escaped.
+
+    Any process can put newlines, escape sequences (``\x1b[2J``) or invisible characters in its
+    command line and name: written raw, they would forge lines of the listing or drive the
+    terminal. They become ``\n``, ``\x1b``, ``\u202e`` as in a Python string; an undecodable
+    byte (read from /proc as a lone surrogate) becomes ``\xff``. A backslash stays as it is.
+    """
+    if text.isprintable():
+        return text
+    return "".join(_escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    if char.isprintable():
+        return char
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape: the byte it stands for
+        return f"\\x{code - 0xDC00:02x}"
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def as_text(parents: list[LeakingParent]) -> str:
-    """The listing for people: a line per parent, then its zombies."""
+    """The listing for people: a line per parent, then its zombies.
+
+    Names and command lines are passed through :func:`printable`: each parent and each zombie
+    takes exactly one line, whatever its command line holds.
+    """
     total = sum(p.count for p in parents)
     if not total:
         return "no zombie processes"
     lines = [f"{total} zombie process(es) under {len(parents)} parent(s)"]
     for parent in parents:
-        command = " ".join(parent.cmdline) or parent.name
-        lines.append(f"parent {parent.pid} ({parent.name}) leaves {parent.count}: {command}")
-        lines.extend(f"    zombie {z.pid} ({z.name})" for z in parent.zombies[:_NAMED_PER_PARENT])
+        name = printable(parent.name)
+        command = printable(" ".join(parent.cmdline)) or name
+        lines.append(f"parent {parent.pid} ({name}) leaves {parent.count}: {command}")
+        lines.extend(
+            f"    zombie {z.pid} ({printable(z.name)})" for z in parent.zombies[:_NAMED_PER_PARENT]
+        )
         if parent.count > _NAMED_PER_PARENT:
             lines.append(f"    ... and {parent.count - _NAMED_PER_PARENT} more (see --json)")
     return "\n".join(lines)
