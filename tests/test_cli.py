@@ -182,14 +182,102 @@ def test_remap_exit_turns_listed_codes_into_0() -> None:
     assert run_cli("run", "-s", "-e", "143", "--", "sh", "-c", "kill $$").returncode == 0
 
 
-def test_not_pid_1_nor_subreaper_warns_in_one_line() -> None:
-    """Without -s, outside a namespace, one line on stderr says orphans will not come back."""
+def test_nothing_is_said_when_nothing_is_orphaned() -> None:
+    """Neither PID 1 nor a subreaper, a run that orphans nothing prints nothing on stderr."""
     result = run_cli("run", "--", "true")
     assert result.returncode == 0
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1
-    assert "orphans will not come back" in lines[0]
-    assert run_cli("run", "-s", "--", "true").stderr == ""
+    assert result.stderr == ""
+
+
+def test_a_program_that_cannot_start_gets_its_error_alone(tmp_path: pathlib.Path) -> None:
+    """Not found (127) or not executable (126): the error is the only line, with no warning."""
+    missing = run_cli("run", "--", "no-such-program-zr")
+    assert missing.returncode == 127
+    assert missing.stderr.splitlines() == [
+        "zombiereaper: no-such-program-zr: No such file or directory (not found)"
+    ]
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    unexecutable = run_cli("run", "--", str(script))
+    assert unexecutable.returncode == 126
+    assert unexecutable.stderr.splitlines() == [
+        f"zombiereaper: {script}: cannot execute: Permission denied"
+    ]
+
+
+#: Orphans a sleep at once (its parent, a shell, exits); after a line on stdin, starts another
+#: sleep and exits, orphaning that one too. Prints the pid of each.
+ORPHANING_PROGRAM = (
+    'sh -c "sleep 30 </dev/null >/dev/null 2>&1 & echo \\$!"; read line; '
+    "sleep 30 </dev/null >/dev/null 2>&1 & echo $!"
+)
+
+
+def _reap_orphans(*pids: int) -> None:
+    """Kill and reap orphans that came back to this process, a subreaper for the run."""
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.skipif(not _linux.can_be_subreaper(), reason="the orphans come to the test process")
+def test_an_orphan_that_goes_elsewhere_is_reported_once(
+    init: list[subprocess.Popen[str]],
+) -> None:
+    """Neither PID 1 nor a subreaper, run warns once, when it sees an orphan go elsewhere."""
+    proc = start_init(init, "--drain", "0.2", "--", "sh", "-c", ORPHANING_PROGRAM)
+    orphans = [int(read_line(proc.stdout))]
+    try:
+        warning = read_line(proc.stderr)
+        assert warning.startswith(
+            f"zombiereaper: warning: pid {orphans[0]} (sleep) was orphaned and went to pid "
+            f"{os.getpid()} ("
+        )
+        assert warning.endswith(
+            "not PID 1 and not a subreaper, zombiereaper can neither reap nor drain the "
+            "program's orphans (use -s/--subreaper)\n"
+        )
+        proc.stdin.write("go\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+        orphans.append(int(read_line(proc.stdout)))
+        assert proc.wait(10) == 0
+        # The second orphan, which the drain could not reach either, is not reported again.
+        assert psutil.Process(orphans[1]).ppid() == os.getpid()
+        assert proc.stderr.read() == ""  # type: ignore[union-attr]
+    finally:
+        _reap_orphans(*orphans)
+
+
+@pytest.mark.skipif(not _linux.can_be_subreaper(), reason="the orphans come to the test process")
+def test_children_orphaned_by_the_programs_exit_count_before_a_drain_only() -> None:
+    """What the program leaves running at its exit is reported with --drain, which misses it."""
+    program = "sleep 30 </dev/null >/dev/null 2>&1 & echo $!"
+    drained = run_cli("run", "--drain", "0.2", "--", "sh", "-c", program)
+    left = run_cli("run", "--", "sh", "-c", program)
+    _reap_orphans(int(drained.stdout), int(left.stdout))
+    assert drained.returncode == left.returncode == 0
+    assert drained.stderr.startswith(
+        f"zombiereaper: warning: pid {int(drained.stdout)} (sleep) was orphaned and went to pid "
+        f"{os.getpid()} ("
+    )
+    assert left.stderr == ""  # without a drain run leaves them behind anyway, subreaper or not
+
+
+def test_without_proc_the_warning_comes_right_after_the_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where orphans cannot be looked for (no /proc), the warning comes once the program runs."""
+    import io
+
+    from zombiereaper import _init
+
+    monkeypatch.setattr(_linux, "can_list_children", lambda: False)
+    stream = io.StringIO()
+    assert _init._watch_orphans(os.getpid(), _init.InitLog(0, stream)) is None
+    assert stream.getvalue() == (
+        "zombiereaper: warning: not PID 1 and not a subreaper: orphans will not come back to "
+        "zombiereaper to be reaped (use -s/--subreaper)\n"
+    )
 
 
 # --- signals ------------------------------------------------------------------------------------

@@ -17,6 +17,9 @@ the program's status.
 - The all-scope Reaper (no grace: nothing else in this process waits for children) reaps the
   program through its Popen and every orphan that lands here; the program's exit is noticed
   through its own pidfd, so it ends the init even when it arrives in one SIGCHLD with others.
+- Neither PID 1 nor a subreaper, the init never gets the program's orphans. Whether there will
+  be any cannot be known in advance, so it warns only when it sees one go elsewhere
+  (:class:`OrphanWatch`), never before the program has started.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import psutil
 from . import _linux
 from ._child import on_settled
 from ._reaper import Reaper
+from ._zombies import printable
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -52,6 +56,16 @@ EXIT_STATUS_LOST: Final = 255
 _PROGRAM_EXITED: Final = b"\0"
 
 _NEVER_FORWARDED: Final = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD})
+
+#: How often, in seconds, the init looks for the program's orphans that went to another process
+#: (only while it is neither PID 1 nor a subreaper, and until it has found one).
+ORPHAN_LOOK_INTERVAL: Final = 1.0
+
+#: Said right after the start when the orphans cannot be looked for (no /proc).
+_NO_SUBREAPER_WARNING: Final = (
+    "warning: not PID 1 and not a subreaper: orphans will not come back to zombiereaper to be "
+    "reaped (use -s/--subreaper)"
+)
 
 
 def forwarded_signals() -> list[signal.Signals | int]:
@@ -148,7 +162,7 @@ def run_init(options: InitOptions, stderr: TextIO | None = None) -> int:
             signal.signal(sig, _ignore)
         except (OSError, ValueError):
             pass  # not catchable on this system
-    _become_subreaper_or_warn(options, log)
+    look_for_orphans = _become_subreaper(options, log)
 
     program = options.argv[0]
     try:
@@ -168,6 +182,7 @@ def run_init(options: InitOptions, stderr: TextIO | None = None) -> int:
         log.say(f"{program}: cannot execute: {err.strerror}")
         return EXIT_CANNOT_EXECUTE
     log.debug(f"started {program} as pid {popen.pid}")
+    orphans = _watch_orphans(popen.pid, log) if look_for_orphans else None
 
     def on_exit(status: ExitStatus) -> None:
         if status.pid != popen.pid:
@@ -178,33 +193,178 @@ def run_init(options: InitOptions, stderr: TextIO | None = None) -> int:
         child = reaper.watch(popen)
         # Called however the program ended, its status lost included: the loop must wake.
         on_settled(child, lambda _: os.write(wake_write, _PROGRAM_EXITED))
-        _forward_until_exit(child, options, wake_read, log)
+        _forward_until_exit(child, options, wake_read, log, orphans)
         if options.drain is not None:
+            if orphans is not None:
+                # The drain stops descendants only: say which processes it cannot reach, the
+                # children that the program's own exit has just orphaned included.
+                orphans.look()
             _drain(options.drain, log)
     finally:
         reaper.uninstall()
     return exit_status(child.status, options, log)
 
 
-def _become_subreaper_or_warn(options: InitOptions, log: InitLog) -> None:
+def _become_subreaper(options: InitOptions, log: InitLog) -> bool:
+    """Make this process a subreaper if asked; return whether to look out for orphans.
+
+    Orphans come back as PID 1, as a subreaper already (a parent may have set the flag: it
+    survives exec) and with ``-s``; when ``-s`` fails, that has been said.
+    """
     if os.getpid() == 1:
-        return
+        return False
     if options.subreaper:
         try:
             _linux.set_child_subreaper(True)
         except OSError as err:
             log.say(f"cannot become a subreaper ({err.strerror}): orphans go to PID 1")
-        return
-    if not (_linux.can_be_subreaper() and _linux.is_child_subreaper()):
-        log.say(
-            "warning: not PID 1 and not a subreaper: orphans will not come back to "
-            "zombiereaper to be reaped (use -s/--subreaper)"
+        return False
+    return not (_linux.can_be_subreaper() and _linux.is_child_subreaper())
+
+
+def _watch_orphans(program_pid: int, log: InitLog) -> OrphanWatch | None:
+    if not _linux.can_list_children():
+        log.say(_NO_SUBREAPER_WARNING)  # cannot look: say that it may happen, once
+        return None
+    return OrphanWatch(program_pid, log)
+
+
+class OrphanWatch:
+    """Looks for the program's orphans that went to another process, and warns once.
+
+    Neither PID 1 nor a subreaper, the init never gets the orphans among the program's
+    descendants: the kernel hands each to PID 1 or to a subreaper higher up, and the init can
+    neither reap, report nor drain it. An orphan is seen as a process of the program's process
+    group (the program's pid, which every descendant keeps unless it moves to a group or session
+    of its own, as a daemon does) whose parent no longer leads back to the init. Looking costs a
+    ``getpgid()`` per process of the system and a read of /proc/PID/stat per process of the
+    group: it is done every :data:`ORPHAN_LOOK_INTERVAL` seconds while the program runs, and once
+    more before a drain, until the first orphan is found.
+    """
+
+    def __init__(self, program_pid: int, log: InitLog) -> None:
+        self._program = program_pid
+        self._log = log
+        self._due = time.monotonic() + ORPHAN_LOOK_INTERVAL
+        self.warned = False
+
+    def timeout(self) -> float | None:
+        """Seconds until the next look is due, for ``select``; None when there is none to come."""
+        if self.warned:
+            return None
+        return max(0.0, self._due - time.monotonic())
+
+    def look_if_due(self) -> None:
+        """Look if it is time to, while the program runs.
+
+        The program's own exit orphans its children: that counts only before a drain (see
+        :meth:`look`), since without one the init leaves them as a subreaper would.
+        """
+        if self.warned or time.monotonic() < self._due:
+            return
+        self._due = time.monotonic() + ORPHAN_LOOK_INTERVAL
+        if not self._program_runs():
+            return
+        found = find_escaped_orphans(self._program)
+        if found and self._program_runs():  # ran all along: its exit orphaned none of them
+            self._warn(found)
+
+    def look(self) -> None:
+        """Look now, and warn about what is found (if no warning has been given yet)."""
+        if not self.warned:
+            found = find_escaped_orphans(self._program)
+            if found:
+                self._warn(found)
+
+    def _program_runs(self) -> bool:
+        try:
+            stat = _linux.read_stat(self._program)
+        except OSError:
+            return False
+        return stat is not None and stat.state not in ("Z", "X") and stat.ppid == os.getpid()
+
+    def _warn(self, found: list[tuple[int, int]]) -> None:
+        self.warned = True
+        pid, parent = found[0]
+        first = f"pid {pid} ({_process_name(pid)})"
+        if len(found) == 1:
+            who = f"{first} was"
+        else:
+            who = f"{len(found)} processes, {first} among them, were"
+        self._log.say(
+            f"warning: {who} orphaned and went to pid {parent} ({_process_name(parent)}): not "
+            "PID 1 and not a subreaper, zombiereaper can neither reap nor drain the program's "
+            "orphans (use -s/--subreaper)"
         )
 
 
-def _forward_until_exit(child: Child, options: InitOptions, wake_read: int, log: InitLog) -> None:
+def find_escaped_orphans(pgid: int) -> list[tuple[int, int]]:
+    """The processes of group ``pgid`` whose line of parents no longer leads to this process.
+
+    Returns:
+        ``(pid, parent)`` pairs, by pid: each process and the parent it has now.
+    """
+    # Whether a pid's line of parents leads here, learnt along the way (0: the top, reached).
+    leads_here: dict[int, bool] = {os.getpid(): True, 0: False}
+    found = []
+    try:
+        pids = sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+    except OSError:
+        return []
+    for pid in pids:
+        try:
+            if os.getpgid(pid) != pgid:
+                continue
+            stat = _linux.read_stat(pid)
+            if stat is not None and _leads_here(stat, leads_here) is False:
+                found.append((pid, stat.ppid))
+        except OSError:
+            continue  # gone meanwhile (ESRCH), or out of descriptors: the next look tells
+    return found
+
+
+def _leads_here(stat: _linux.ProcStat, known: dict[int, bool]) -> bool | None:
+    """Whether the line of parents of ``stat``'s process leads here; None if unsure.
+
+    Args:
+        stat: The process.
+        known: Whether the line of parents of a pid leads here, for the pids known so far;
+            the parents met on the way are added.
+
+    Raises:
+        OSError: A /proc file could not be read.
+    """
+    line: list[int] = []
+    child = stat
+    while child.ppid not in known:
+        parent = _linux.read_stat(child.ppid)
+        # Gone, or its pid reused (a parent starts before its child): the next look tells.
+        if parent is None or parent.start_time > child.start_time or len(line) > 4096:
+            return None
+        line.append(parent.pid)
+        child = parent
+    verdict = known[child.ppid]
+    known.update(dict.fromkeys(line, verdict))
+    return verdict
+
+
+def _process_name(pid: int) -> str:
+    try:
+        return printable(psutil.Process(pid).name())
+    except psutil.Error:
+        return "?"
+
+
+def _forward_until_exit(
+    child: Child, options: InitOptions, wake_read: int, log: InitLog, orphans: OrphanWatch | None
+) -> None:
     while child.running:
-        select.select([wake_read], [], [])
+        timeout = orphans.timeout() if orphans is not None else None
+        ready, _, _ = select.select([wake_read], [], [], timeout)
+        if orphans is not None:
+            orphans.look_if_due()
+        if not ready:
+            continue
         try:
             received = os.read(wake_read, 4096)
         except BlockingIOError:
