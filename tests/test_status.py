@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import signal
+from fractions import Fraction
+from unittest import mock
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zombiereaper import ExitStatus, decode_wait_status
-from zombiereaper._status import wait_status_from_waitid
+from zombiereaper import ExitStatus, Reaper, decode_wait_status
+from zombiereaper._status import is_same_exit, wait_status_from_waitid
 
 from .helpers import sh
 from .strategies import exit_codes, pids, signal_numbers, wait_statuses
@@ -134,3 +137,89 @@ def test_real_statuses_decode_like_subprocess(script: str, returncode: int) -> N
     pid, raw = os.waitpid(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(raw)  # keep Popen from reaping it again
     assert decode_wait_status(pid, raw).returncode == returncode
+
+
+# --- comparing, hashing and converting like the returncode (issue 13) ---------------------------
+
+
+@given(pids, wait_statuses)
+def test_a_status_equals_its_returncode(pid: int, raw: int) -> None:
+    """A status is == to its returncode and != to any other int, from either side."""
+    status = decode_wait_status(pid, raw)
+    code = status.returncode
+    assert status == code
+    assert code == status
+    assert (status != code) is False
+    assert status != code + 1
+    assert code + 1 != status
+
+
+@given(pids, pids, wait_statuses)
+def test_statuses_with_the_same_returncode_are_equal(first: int, second: int, raw: int) -> None:
+    """Two statuses are equal, and hash alike, when their returncodes are, whatever the pids."""
+    a = decode_wait_status(first, raw)
+    b = ExitStatus.from_returncode(second, a.returncode)  # without the core-dump bit
+    assert a == b
+    assert hash(a) == hash(b)
+    assert decode_wait_status(first, 3 << 8) != decode_wait_status(first, 4 << 8)
+
+
+@given(pids, wait_statuses)
+def test_a_status_hashes_and_converts_like_its_returncode(pid: int, raw: int) -> None:
+    """hash(), int(), operator.index() and %d give the returncode, so it finds int keys."""
+    status = decode_wait_status(pid, raw)
+    code = status.returncode
+    assert hash(status) == hash(code)
+    assert {code: "found"}[status] == "found"  # type: ignore[index]
+    assert status in {code}
+    assert int(status) == code
+    assert operator.index(status) == code
+    assert "%d" % status == str(code)  # noqa: UP031 - %-formatting itself is under test
+
+
+def test_a_status_compares_with_other_numbers_like_an_int() -> None:
+    """Floats and Fractions compare as they would with the returncode; strings never match."""
+    status = decode_wait_status(1, 3 << 8)
+    assert status == 3.0
+    assert status == Fraction(3)
+    assert status != "3"
+    assert status != None  # noqa: E711 - comparing with None is under test
+    assert status == mock.ANY
+
+
+@given(pids, wait_statuses)
+def test_truth_follows_the_returncode(pid: int, raw: int) -> None:
+    """bool(status) is True exactly when the returncode is not 0, as for Popen.wait()'s int."""
+    status = decode_wait_status(pid, raw)
+    assert bool(status) is (status.returncode != 0)
+    assert bool(status) is not status.success
+
+
+def test_statuses_have_no_order() -> None:
+    """<, <=, > and >= raise TypeError, with an int or another status (a pin, not a change)."""
+    status = decode_wait_status(1, 3 << 8)
+    for other in (3, status):
+        with pytest.raises(TypeError):
+            _ = status < other  # type: ignore[operator]
+        with pytest.raises(TypeError):
+            _ = status >= other  # type: ignore[operator]
+
+
+def test_is_same_exit_compares_the_record_not_the_returncode() -> None:
+    """is_same_exit() tells apart equal statuses of another pid or without the core bit."""
+    dumped = decode_wait_status(7, signal.SIGSEGV | 0x80)
+    assert is_same_exit(dumped, decode_wait_status(7, signal.SIGSEGV | 0x80))
+    assert dumped == ExitStatus.from_returncode(7, -signal.SIGSEGV)
+    assert not is_same_exit(dumped, ExitStatus.from_returncode(7, -signal.SIGSEGV))
+    assert dumped == decode_wait_status(8, signal.SIGSEGV | 0x80)
+    assert not is_same_exit(dumped, decode_wait_status(8, signal.SIGSEGV | 0x80))
+
+
+def test_the_wait_of_a_child_compares_like_popen_wait() -> None:
+    """child.wait() == 0 and != 0 read as they do with Popen.wait(), the issue's headline."""
+    with Reaper() as reaper:
+        ok = reaper.spawn(sh("exit 0")).wait(10)
+        failed = reaper.spawn(sh("exit 3")).wait(10)
+    assert ok == 0 and (ok != 0) is False
+    assert failed != 0 and failed == 3
+    assert {0: "ok", 3: "usage"}[failed] == "usage"  # type: ignore[index]

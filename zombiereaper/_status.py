@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import signal as _signal
 from dataclasses import dataclass
@@ -11,12 +12,20 @@ from typing import Final
 _CORE_FLAG: Final = 0x80
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+# eq=False: equality and hashing are the returncode's, written out below.
+@dataclass(frozen=True, slots=True, repr=False, eq=False)
 class ExitStatus:
     """How one child ended: an immutable record, decoded from the kernel's wait status.
 
     Build one with :func:`decode_wait_status` (from a raw ``waitpid`` status word) or
     :meth:`from_returncode`; every other attribute is derived from ``wait_status``.
+
+    A record compares, hashes and converts like its :attr:`returncode`, the number that
+    ``Popen.wait()`` returns: ``status == 3``, ``status != 0``, ``int(status)``,
+    ``{3: "usage"}[status]``, and two records are equal when their return codes are (whatever
+    their pids). ``bool(status)`` is True when the return code is not 0, as for the int; test
+    :attr:`success` instead, and ``status is None`` for "no status yet". Ordering (``<``) is
+    not supported.
 
     Attributes:
         pid: The pid that the child had.
@@ -109,6 +118,28 @@ class ExitStatus:
         dumped = " (core dumped)" if self.core_dumped else ""
         return f"killed by {name}{dumped}"
 
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ExitStatus):
+            return self.returncode == other.returncode
+        if isinstance(other, numbers.Number):
+            # The int's own comparison, so that 3.0 and Fraction(3) are equal to it as well
+            # (typeshed's Number declares no comparison at all).
+            return self.returncode == other  # type: ignore[comparison-overlap]
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        # Equal to the hash of every number that compares equal (Python's numeric hashing).
+        return hash(self.returncode)
+
+    def __int__(self) -> int:
+        return self.returncode
+
+    def __index__(self) -> int:
+        return self.returncode
+
+    def __bool__(self) -> bool:
+        return self.returncode != 0
+
     def describe(self) -> str:
         """Say in words how the child ended: ``"pid 1234 killed by SIGKILL"``."""
         return f"pid {self.pid} {self.outcome}"
@@ -118,6 +149,15 @@ class ExitStatus:
 
     def __repr__(self) -> str:
         return f"<ExitStatus {self.describe()}>"
+
+
+def is_same_exit(first: ExitStatus, second: ExitStatus) -> bool:
+    """Whether two records describe the same exit of the same pid, core-dump bit included.
+
+    ``==`` compares return codes only (as for ``Popen.wait()``'s number); this is the
+    record-level identity that bookkeeping needs.
+    """
+    return first.pid == second.pid and first.wait_status == second.wait_status
 
 
 def decode_wait_status(pid: int, wait_status: int) -> ExitStatus:
