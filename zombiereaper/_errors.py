@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from typing import Any
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -22,8 +23,28 @@ def warn_at_caller(message: str, category: type[Warning]) -> None:
     warnings.warn(message, category, stacklevel=level)
 
 
+def _rebuild_error(cls: type[ReaperError], args: tuple[Any, ...]) -> ReaperError:
+    """Unpickle an error: make it with its ``args``, without calling its ``__init__``.
+
+    The fields come back from the pickled ``__dict__`` afterwards.
+    """
+    error = cls.__new__(cls, *args)
+    # OSError's __new__ leaves args empty for a class with its own __init__.
+    error.args = args
+    return error
+
+
 class ReaperError(Exception):
-    """The root of every error that zombiereaper raises itself."""
+    """The root of every error that zombiereaper raises itself.
+
+    Every error of the package pickles with its fields and message, so that it can cross a
+    ``multiprocessing`` boundary.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own reduce calls cls(*self.args), which fails (or doubles the message)
+        # for an error whose __init__ takes fields rather than the message (issue 13).
+        return (_rebuild_error, (type(self), self.args), self.__dict__ or None)
 
 
 class NotInstalledError(ReaperError, RuntimeError):
