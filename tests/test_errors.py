@@ -1,8 +1,9 @@
-"""The public errors: each pickles with its fields, as crossing a multiprocessing boundary needs."""
+"""The public errors: pickling with their fields, and WaitTimeout as subprocess.TimeoutExpired."""
 
 from __future__ import annotations
 
 import pickle
+import subprocess
 
 import pytest
 
@@ -12,6 +13,7 @@ from zombiereaper import (
     ChildLeakWarning,
     NotInstalledError,
     NotOurChildError,
+    Reaper,
     ReaperError,
     StatusLostError,
     WaitTimeout,
@@ -64,3 +66,35 @@ def test_a_pickled_os_error_keeps_its_errno() -> None:
     error = BackendUnavailableError(38, "pidfd_open() is not implemented")
     again = pickle.loads(pickle.dumps(error))
     assert (again.errno, again.strerror, str(again)) == (error.errno, error.strerror, str(error))
+
+
+def test_wait_timeout_is_a_subprocess_timeout_expired() -> None:
+    """WaitTimeout is a TimeoutExpired with its fields: cmd, timeout, and no output."""
+    error = WaitTimeout(1234, 0.5, cmd=["sleep", "60"])
+    assert isinstance(error, subprocess.TimeoutExpired)
+    assert isinstance(error, TimeoutError)
+    assert isinstance(error, ReaperError)
+    assert (error.cmd, error.timeout, error.pid) == (["sleep", "60"], 0.5, 1234)
+    assert (error.output, error.stdout, error.stderr) == (None, None, None)
+    assert str(error) == (
+        "pid 1234 was still running after 0.5 s; wait again, or stop it with child.stop() "
+        "(SIGTERM, then SIGKILL)"
+    )
+
+
+def test_wait_timeout_names_the_pid_when_the_command_is_unknown() -> None:
+    """Without a command, WaitTimeout.cmd is the pid: never None for TimeoutExpired handlers."""
+    error = WaitTimeout(1234, 2.0, "pid 1234 is slow")
+    assert error.cmd == 1234
+    assert str(error) == "pid 1234 is slow"
+
+
+def test_except_timeout_expired_catches_a_child_wait() -> None:
+    """`except subprocess.TimeoutExpired` catches child.wait(timeout=...), as for Popen.wait()."""
+    with Reaper() as reaper, reaper.spawn(["sleep", "60"]) as child:
+        with pytest.raises(subprocess.TimeoutExpired) as caught:
+            child.wait(timeout=0.01)
+        assert isinstance(caught.value, WaitTimeout)
+        assert caught.value.pid == child.pid
+        assert caught.value.timeout == 0.01
+        assert caught.value.stdout is None

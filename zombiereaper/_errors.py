@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import warnings
 from typing import Any
@@ -63,22 +64,48 @@ class NotOurChildError(ReaperError, ChildProcessError):
         self.pid = pid
 
 
-class WaitTimeout(ReaperError, TimeoutError):
+class WaitTimeout(ReaperError, TimeoutError, subprocess.TimeoutExpired):
     """A child did not exit within the time a wait allowed.
+
+    It is also a :class:`TimeoutError` and a :class:`subprocess.TimeoutExpired`, so code that
+    catches what ``Popen.wait(timeout=...)`` raises catches it too.
+
+    Args:
+        pid: The child that is still running.
+        timeout: The number of seconds that the wait allowed.
+        message: What to say instead of the default message.
+        cmd: The child's command, if it is known (Popen's ``args``, a Process's name).
 
     Attributes:
         pid: The child that is still running.
         timeout: The number of seconds that the wait allowed.
+        cmd: The child's command (Popen's ``args``, a Process's name) when it is known, else
+            its pid: never None, so that ``TimeoutExpired`` handlers always have something
+            that names what timed out.
+        output: None: a wait captures no output (``TimeoutExpired.output``, ``stdout``).
+        stderr: None, likewise.
     """
 
-    def __init__(self, pid: int, timeout: float, message: str | None = None) -> None:
-        super().__init__(
+    def __init__(
+        self,
+        pid: int,
+        timeout: float,
+        message: str | None = None,
+        *,
+        cmd: Any = None,
+    ) -> None:
+        # This reaches OSError's __init__ (the message and args stay ours, TimeoutExpired's
+        # fields are set below); typeshed gives OSError no __init__, so mypy sees the next one.
+        super().__init__(  # type: ignore[call-arg]
             message
             or f"pid {pid} was still running after {timeout:g} s; wait again, or stop it with "
             "child.stop() (SIGTERM, then SIGKILL)"
         )
         self.pid = pid
         self.timeout = timeout
+        self.cmd = pid if cmd is None else cmd
+        self.output = None
+        self.stderr = None
 
 
 class StatusLostError(ReaperError, ChildProcessError):
