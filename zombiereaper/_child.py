@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 import math
 import os
+import shlex
 import signal
 import time
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from . import _engine
 from ._errors import (
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from ._engine import Engine
     from ._status import ExitStatus
     from ._watch import Watch
+
+#: The longest command that a Child's repr shows before cutting it short with "...".
+_REPR_COMMAND_LENGTH: Final = 40
 
 #: While stopping children, how often those not yet reported are checked directly: their
 #: exit must be seen even if what normally reports it (the relay) is stuck (issue 11, race 7).
@@ -243,7 +247,29 @@ class Child:
             state = "status lost"
         else:
             state = watch.outcome.outcome
-        return f"<Child pid={self.pid} {state}>"
+        command = _short_command(self.args)
+        if command is None:
+            return f"<Child pid={self.pid} {state}>"
+        return f"<Child pid={self.pid} {command!r} {state}>"
+
+
+def _short_command(args: Any) -> str | None:
+    """``args`` as a shell would read it (``sleep 60``), cut to fit a repr; None if unknown."""
+    if args is None:
+        return None
+    if isinstance(args, str | bytes | os.PathLike):
+        # A shell=True command line, a lone program, or a Process's name: already one string.
+        command = os.fsdecode(args)
+    else:
+        try:
+            command = shlex.join(os.fsdecode(arg) for arg in args)
+        except TypeError:  # neither a string nor a sequence of them: show what it is
+            command = str(args)
+    if not command:
+        return None
+    if len(command) > _REPR_COMMAND_LENGTH:
+        command = command[: _REPR_COMMAND_LENGTH - 3] + "..."
+    return command
 
 
 def wait_for_watch(watch: Watch, timeout: float | None) -> ExitStatus:
