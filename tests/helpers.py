@@ -11,7 +11,7 @@ from typing import Final, TypeVar
 import psutil
 import pytest
 
-from zombiereaper import can_use_pidfd
+from zombiereaper import ExitStatus, can_use_pidfd
 
 T = TypeVar("T")
 
@@ -61,12 +61,16 @@ def py(code: str) -> list[str]:
 
 
 def eventually(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds.
+
+    An ExitStatus counts as found (it has no truth value of its own): poll a record with
+    ``eventually(lambda: reaper.status(pid))``.
+    """
     deadline = time.monotonic() + timeout
     delay = 0.001
     while True:
         value = predicate()
-        if value:
+        if isinstance(value, ExitStatus) or value:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")

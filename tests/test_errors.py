@@ -98,3 +98,4 @@ def test_except_timeout_expired_catches_a_child_wait() -> None:
         assert caught.value.pid == child.pid
         assert caught.value.timeout == 0.01
         assert caught.value.stdout is None
+        assert caught.value.cmd == ["sleep", "60"]

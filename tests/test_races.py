@@ -160,7 +160,7 @@ def fast_switching() -> Iterator[None]:
 
 
 #: Where zombiereaper's code lives: the code that _crawl slows down.
-LIBRARY = os.path.dirname(zombiereaper.__file__)
+LIBRARY = os.path.dirname(zombiereaper.__file__) + os.sep
 
 
 def _crawl(frame: FrameType, event: str, arg: object) -> TraceFunction | None:
@@ -794,8 +794,8 @@ def test_uninstall_with_a_stopped_relay_returns_in_bounded_time_and_calls_no_zom
         problems.append(f"uninstall() warned of zombies as running: {false_alarms}")
     assert not problems, "; ".join(problems)
     statuses = [child.status for child in children]
-    assert [status and status.returncode for status in statuses[:exited]] == list(range(exited))
-    assert all(status and status.signal == signal.SIGTERM for status in statuses[exited:])
+    assert [None if s is None else s.returncode for s in statuses[:exited]] == list(range(exited))
+    assert all(s is not None and s.signal == signal.SIGTERM for s in statuses[exited:])
     assert _gone(relay), "the stopped relay outlived uninstall()"
 
 

@@ -322,7 +322,9 @@ def test_orphans_are_reaped_while_spawns_follow_one_another() -> None:
             shell.stdout.close()
             assert shell.wait(STEP) == 0
             try:
-                eventually(lambda: reaper.status(orphan), STEP, "the orphan to be recorded")
+                eventually(
+                    lambda: reaper.status(orphan) is not None, STEP, "the orphan to be recorded"
+                )
                 recorded_while_spawning = True
             except AssertionError:
                 recorded_while_spawning = False
@@ -331,7 +333,9 @@ def test_orphans_are_reaped_while_spawns_follow_one_another() -> None:
             for spawner in spawners:
                 spawner.join()
         # With the spawns over, the sweep gets through (and leaves no zombie behind).
-        eventually(lambda: reaper.status(orphan), STEP, "the orphan to be recorded at last")
+        eventually(
+            lambda: reaper.status(orphan) is not None, STEP, "the orphan to be recorded at last"
+        )
     assert recorded_while_spawning, (
         f"the orphan stayed an unrecorded zombie for {STEP:g} s while {spawned} spawns ran"
     )
@@ -375,6 +379,10 @@ def test_a_reaper_installed_while_the_last_one_uninstalls_loses_no_wakeup() -> N
                     other.join(0.1)
     finally:
         sys.setswitchinterval(switch_interval)
+        # The last uninstall may have run on the other thread, which leaves the (inert)
+        # SIGCHLD handler in place: only the main thread restores it, as documented.
+        with Reaper():
+            pass
     assert not lost, lost
 
 

@@ -188,11 +188,12 @@ def test_a_status_compares_with_other_numbers_like_an_int() -> None:
 
 
 @given(pids, wait_statuses)
-def test_truth_follows_the_returncode(pid: int, raw: int) -> None:
-    """bool(status) is True exactly when the returncode is not 0, as for Popen.wait()'s int."""
+def test_a_status_has_no_truth_value(pid: int, raw: int) -> None:
+    """bool(status) raises TypeError naming the tests to write: the two habits disagree."""
     status = decode_wait_status(pid, raw)
-    assert bool(status) is (status.returncode != 0)
-    assert bool(status) is not status.success
+    with pytest.raises(TypeError, match=r"status\.success.*is not None"):
+        bool(status)
+    assert (status == 0) is status.success
 
 
 def test_statuses_have_no_order() -> None:

@@ -288,7 +288,7 @@ def test_stop_is_graceful_and_final(reaper: Reaper) -> None:
     waiter.join(10)
     assert waiter_result == ["stopped"]
     assert service.wait(1) == "stopped"
-    assert [c.status.signal for c in children if c.status] == [signal.SIGTERM] * 2
+    assert [c.status.signal for c in children if c.status is not None] == [signal.SIGTERM] * 2
     assert events.kinds()[-1] == "stopped"
     assert "restarting" not in events.kinds()
 

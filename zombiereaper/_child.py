@@ -155,7 +155,7 @@ class Child:
                 itself.
         """
         self._check_process()
-        return wait_for_watch(self._watch, timeout)
+        return wait_for_watch(self._watch, timeout, cmd=self.args)
 
     async def wait_async(self) -> ExitStatus:
         """Wait, in a running event loop, until the child exits, and return its status.
@@ -272,8 +272,8 @@ def _short_command(args: Any) -> str | None:
     return command
 
 
-def wait_for_watch(watch: Watch, timeout: float | None) -> ExitStatus:
-    """Block until ``watch`` is settled; see :meth:`Child.wait`."""
+def wait_for_watch(watch: Watch, timeout: float | None, *, cmd: Any = None) -> ExitStatus:
+    """Block until ``watch`` is settled; see :meth:`Child.wait` (``cmd`` names it in a timeout)."""
     if not watch.settled:
         if _engine.is_reaping_thread():
             raise ReaperError(
@@ -282,7 +282,7 @@ def wait_for_watch(watch: Watch, timeout: float | None) -> ExitStatus:
                 "thread"
             )
         if not watch.wait(finite_or_none(timeout)):
-            raise WaitTimeout(watch.pid, 0.0 if timeout is None else timeout)
+            raise WaitTimeout(watch.pid, 0.0 if timeout is None else timeout, cmd=cmd)
     return _result(watch)
 
 

@@ -37,7 +37,7 @@ from . import _fds, _linux, _process
 from ._errors import NotOurChildError, StatusLostError, WaitTimeout
 from ._owners import store_exit_in_process
 from ._process import ProcessGone, ProcessRef
-from ._status import ExitStatus, decode_wait_status
+from ._status import ExitStatus, decode_wait_status, is_same_exit
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -171,7 +171,7 @@ class AllScope:
         """
         with self._lock:
             for key, recorded in self._recorded.items():
-                if key[0] == status.pid and recorded == status:
+                if key[0] == status.pid and is_same_exit(recorded, status):
                     del self._recorded[key]
                     return True
         return False

@@ -629,7 +629,9 @@ class Reaper:
     def _recorded_after(self, pid: int, err: NotOurChildError | StatusLostError) -> ExitStatus:
         # It is no child of ours now, or its owner reaped it while we waited: a record may
         # still tell (ours from the sweep, or the owning Reaper's).
-        status = self._registry.get(pid) or find_record(pid)
+        status = self._registry.get(pid)
+        if status is None:
+            status = find_record(pid)
         if status is not None:
             return status
         if isinstance(err, NotOurChildError):

@@ -128,9 +128,23 @@ def uninstall() -> None:
         # None means the previous handler was not installed from Python: SIG_DFL is the best
         # approximation that Python can express.
         previous = _previous if _previous is not None else signal.SIG_DFL
-        signal.signal(signal.SIGCHLD, previous)
+        # A SIGCHLD whose Python-level call is still pending when the handler is swapped for
+        # SIG_DFL makes CPython report "Signal 17 ignored due to race condition". With the
+        # signal blocked here, the pending calls run first (at the next function entry) and
+        # no new one starts on this thread; one delivered to another thread meanwhile can
+        # still race, in a window of a few bytecodes.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        try:
+            _run_pending_handlers()
+            signal.signal(signal.SIGCHLD, previous)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     _previous = None
     _ours_installed = False
+
+
+def _run_pending_handlers() -> None:
+    """Nothing: entering a Python function is where CPython runs pending signal handlers."""
 
 
 def is_installed() -> bool:

@@ -138,7 +138,13 @@ class ExitStatus:
         return self.returncode
 
     def __bool__(self) -> bool:
-        return self.returncode != 0
+        # Both habits are common and they disagree: `if popen.wait():` means "it failed",
+        # `if reaper.status(pid):` means "it has ended". Either answer would silently break
+        # the other, so neither is given.
+        raise TypeError(
+            f"{self!r} has no truth value: test `status.success` (exited 0), "
+            "`status != 0`, or `status is not None` (it has ended)"
+        )
 
     def describe(self) -> str:
         """Say in words how the child ended: ``"pid 1234 killed by SIGKILL"``."""
