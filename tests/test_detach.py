@@ -327,3 +327,75 @@ def test_an_on_helper_that_raises_leaves_no_helper_and_starts_nothing() -> None:
     assert len(told) == 1
     # Neither the helper (unreaped) nor a daemon (ours as the subreaper) is our child now.
     assert {p.pid for p in psutil.Process().children()} == before
+
+
+@pytest.mark.parametrize("name", ["stdin", "stdout", "stderr"])
+def test_a_stream_that_is_no_open_file_is_refused_saying_what_to_pass(
+    tmp_path: Path, name: str
+) -> None:
+    """A path, a pipe, a closed or descriptor-less file as a stream: a clear error, no daemon."""
+    import io
+
+    closed = (tmp_path / "closed.txt").open("w")
+    closed.close()
+    refused: list[tuple[object, type[Exception], str]] = [
+        ("log.txt", TypeError, rf"{name} takes an open file object .*not a path.*open\('log.txt'"),
+        (tmp_path / "log.txt", TypeError, r"not a path"),
+        (b"log.txt", TypeError, r"not a path"),
+        (io.StringIO(), TypeError, r"StringIO has none"),
+        (object(), TypeError, rf"{name} takes an open file object \(one with a fileno\(\)\)"),
+        (subprocess.PIPE, ValueError, rf"{name}=subprocess.PIPE cannot be given to a daemon"),
+        (-5, ValueError, rf"{name} must be a descriptor >= 0"),
+        (closed, ValueError, rf"{name} cannot be given to the daemon: I/O operation on closed"),
+    ]
+    before = {p.pid for p in psutil.Process().children()}
+    for stream, error, message in refused:
+        with pytest.raises(error, match=message):
+            Reaper().spawn_detached(["sleep", "60"], **{name: stream})  # type: ignore[arg-type]
+    assert {p.pid for p in psutil.Process().children()} == before
+    assert not (tmp_path / "log.txt").exists()
+
+
+def test_stderr_may_go_where_stdout_goes(tmp_path: Path) -> None:
+    """stderr=subprocess.STDOUT, which Popen takes, is not refused with the streams above."""
+    out_path = tmp_path / "out.txt"
+    with Reaper(scope="all", subreaper=True) as reaper, out_path.open("w") as out:
+        pid = reaper.spawn_detached(
+            sh("echo out; echo err >&2"), stdout=out, stderr=subprocess.STDOUT
+        )
+        assert reaper.wait(pid, timeout=10).success
+    assert out_path.read_text().split() == ["out", "err"]
+    with pytest.raises(ValueError, match=r"stdout must be a descriptor >= 0"):
+        Reaper().spawn_detached(["sleep", "60"], stdout=subprocess.STDOUT)
+
+
+def test_a_relative_program_is_found_from_the_callers_directory_unless_cwd_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By default ./prog is found from here, as by Popen; a cwd given is where it is looked for."""
+    (tmp_path / "bin").mkdir()
+    script = tmp_path / "bin" / "where.sh"
+    script.write_text('#!/bin/sh\nprintf "%s %s" "$0" "$(pwd)" > "$1"\n')
+    script.chmod(0o755)
+    report = tmp_path / "report.txt"
+    monkeypatch.chdir(tmp_path)
+    with Reaper(scope="all", subreaper=True) as reaper:
+        pid = reaper.spawn_detached(["./bin/where.sh", str(report)])
+        assert reaper.wait(pid, timeout=10).success
+        program, workdir = report.read_text().split()
+        assert os.path.samefile(program, script)
+        assert workdir == "/"  # the daemon itself still runs in "/"
+        # Given a cwd, the program is looked up from it, as Popen looks it up.
+        pid = reaper.spawn_detached(["./where.sh", str(report)], cwd=tmp_path / "bin")
+        assert reaper.wait(pid, timeout=10).success
+        assert report.read_text().split()[1] == str(tmp_path / "bin")
+    # Missing, it is the same error as Popen's without a cwd; with cwd="/" given, Popen's too.
+    for args, cwd in [(["./bin/missing.sh"], None), (["./bin/where.sh", str(report)], "/")]:
+        expected = _popen_error(args, cwd=cwd)
+        with pytest.raises(FileNotFoundError) as info:
+            if cwd is None:
+                Reaper().spawn_detached(args)
+            else:
+                Reaper().spawn_detached(args, cwd=cwd)
+        _assert_same_error(info.value, expected)
+    assert not zombie_children()

@@ -12,11 +12,13 @@ and the daemon is reparented to init or to the nearest subreaper.
 from __future__ import annotations
 
 import errno
+import io
 import marshal
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sized
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from ._errors import ReaperError
@@ -66,8 +68,8 @@ def main():
                 pass
     try:
         daemon = subprocess.Popen(
-            spec["argv"], cwd=spec["cwd"], env=spec["env"], start_new_session=True,
-            close_fds=True, pass_fds=spec["pass_fds"],
+            spec["argv"], executable=spec["executable"], cwd=spec["cwd"], env=spec["env"],
+            start_new_session=True, close_fds=True, pass_fds=spec["pass_fds"],
         )
     except OSError as err:
         # Popen's filename says what failed: the cwd when chdir did, else the program.
@@ -88,6 +90,24 @@ sys.exit(main())
 
 _Stream = int | IO[Any] | None
 
+_EMPTY_COMMAND: Final = (
+    "a command needs a program to run: args is empty; pass the program and its arguments, "
+    'such as ["sleep", "10"]'
+)
+
+
+class _RootByDefault(str):
+    """The type of :data:`DEFAULT_CWD`: a "/" that is told apart from a "/" the caller gave."""
+
+    __slots__ = ()
+
+
+#: spawn_detached()'s default ``cwd``, "/". Only with it is a relative program (``./run.sh``)
+#: looked up from the caller's working directory, as Popen without a ``cwd`` looks it up: the
+#: caller wrote the path from where it is, not from "/". A ``cwd`` given, "/" included, is
+#: where Popen looks, and so do we.
+DEFAULT_CWD: Final = _RootByDefault("/")
+
 
 def command_argv(args: Command) -> list[str]:
     """A command as Popen takes it, as a list of strings (a lone path is the program).
@@ -98,20 +118,32 @@ def command_argv(args: Command) -> list[str]:
     return [os.fsdecode(arg) for arg in _command_as_given(args)]
 
 
+def check_command(args: Command) -> None:
+    """Refuse an empty command, which Popen would fail on with an IndexError.
+
+    Only a sized command is checked: an iterator is left whole for Popen to read.
+
+    Raises:
+        ValueError: The command is empty.
+    """
+    if not isinstance(args, str | bytes | os.PathLike) and isinstance(args, Sized) and not args:
+        raise ValueError(_EMPTY_COMMAND)
+
+
 def _command_as_given(args: Command) -> list[str | bytes]:
     """A command as Popen takes it, each argument a str or bytes as the caller gave it."""
     if isinstance(args, str | bytes | os.PathLike):
         return [os.fspath(args)]
     command = [os.fspath(arg) for arg in args]
     if not command:
-        raise ValueError("a command needs a program to run: args is empty")
+        raise ValueError(_EMPTY_COMMAND)
     return command
 
 
 def spawn_detached(
     args: Command,
     *,
-    cwd: str | os.PathLike[str] = "/",
+    cwd: str | os.PathLike[str] = DEFAULT_CWD,
     env: Mapping[str, str] | None = None,
     stdin: _Stream = None,
     stdout: _Stream = None,
@@ -128,13 +160,17 @@ def spawn_detached(
     command = _command_as_given(args)
     workdir = os.fspath(cwd)
     fds = _check_pass_fds(pass_fds)
+    for stream, name in ((stdin, "stdin"), (stdout, "stdout"), (stderr, "stderr")):
+        _check_stream(stream, name)
     # Encoded here, not in the helper, whose file system encoding may differ from ours (-I
     # ignores PYTHONUTF8): exec then gets the very bytes that Popen would give it.
     argv = [_encode(arg, f"argument {index} of the command") for index, arg in enumerate(command)]
     workdir_bytes = _encode(workdir, "cwd")
+    executable = _program_from_here(argv[0]) if cwd is DEFAULT_CWD else None
     payload = marshal.dumps(
         {
             "argv": argv,
+            "executable": executable,
             "cwd": workdir_bytes,
             "env": None if env is None else _encode_env(env),
             "pass_fds": list(fds),
@@ -142,6 +178,8 @@ def spawn_detached(
     )
     # The helper's Popen names what failed in bytes; we name it as the caller spelled it.
     names: dict[bytes, str | bytes] = {workdir_bytes: workdir, argv[0]: command[0]}
+    if executable is not None:
+        names[executable] = command[0]
     report, helper_code, send_error = _run_helper(
         payload, fds, stdin=stdin, stdout=stdout, stderr=stderr, on_helper=on_helper
     )
@@ -209,6 +247,67 @@ def _run_helper(
         finally:
             os.close(report_read)
     return report, helper_code, send_error
+
+
+def _program_from_here(program: bytes) -> bytes | None:
+    """The program's path from this process's working directory, if it is a relative path.
+
+    A bare name (``sleep``) is looked up in PATH, and an absolute path is what it is: None
+    for both. ``./run.sh`` or ``bin/run`` becomes absolute, so that the daemon, which runs in
+    "/", execs the program that Popen would have found from here; its argv[0] stays as given.
+    """
+    if b"/" not in program or os.path.isabs(program):
+        return None
+    return os.path.join(os.getcwdb(), program)
+
+
+def _check_stream(stream: object, name: str) -> None:
+    """Refuse a ``stdin``/``stdout``/``stderr`` that the daemon could not be given.
+
+    Raises:
+        TypeError: It is a path, or no file object (it has no ``fileno()``), or a file
+            object without a descriptor (``io.StringIO``).
+        ValueError: It is ``subprocess.PIPE`` (nobody would read or write the other end), a
+            negative number, or a closed file.
+    """
+    if stream is None or stream == subprocess.DEVNULL:
+        return
+    if name == "stderr" and stream == subprocess.STDOUT:
+        return
+    if isinstance(stream, int) and not isinstance(stream, bool):
+        if stream == subprocess.PIPE:
+            raise ValueError(
+                f"{name}=subprocess.PIPE cannot be given to a daemon: nothing of ours would "
+                "read or write the other end once spawn_detached() returns; pass an open "
+                "file, a descriptor, or subprocess.DEVNULL"
+            )
+        if stream < 0:
+            raise ValueError(
+                f"{name} must be a descriptor >= 0, an open file object or subprocess.DEVNULL, "
+                f"got {stream}"
+            )
+        return
+    if isinstance(stream, str | bytes | os.PathLike):
+        raise TypeError(
+            f"{name} takes an open file object or a descriptor, as subprocess.Popen does, not "
+            f"a path ({stream!r}): open it yourself, e.g. {name}=open({os.fspath(stream)!r}, "
+            "'ab'), and close it once spawn_detached() has returned (the daemon keeps a copy)"
+        )
+    fileno = getattr(stream, "fileno", None)
+    if not callable(fileno):
+        raise TypeError(
+            f"{name} takes an open file object (one with a fileno()) or a descriptor, as "
+            f"subprocess.Popen does, got {type(stream).__name__}"
+        )
+    try:
+        fileno()
+    except io.UnsupportedOperation:
+        raise TypeError(
+            f"{name} must be a file object with a descriptor, as subprocess.Popen needs: "
+            f"a {type(stream).__name__} has none; open a real file, or pass a descriptor"
+        ) from None
+    except ValueError as err:
+        raise ValueError(f"{name} cannot be given to the daemon: {err}") from None
 
 
 def _check_pass_fds(pass_fds: Iterable[int]) -> tuple[int, ...]:

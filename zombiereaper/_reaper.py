@@ -17,7 +17,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, Literal, NamedTuple, Self, Typ
 from . import _engine, _linux
 from ._backends import BackendName, resolve_backend
 from ._child import Child, stop_children, wait_for_watch, wait_for_watch_async
-from ._detach import command_argv, spawn_detached
+from ._detach import DEFAULT_CWD, command_argv, spawn_detached
 from ._errors import (
     NotInstalledError,
     NotOurChildError,
@@ -710,7 +710,7 @@ class Reaper:
         self,
         args: Command,
         *,
-        cwd: str | os.PathLike[str] = "/",
+        cwd: str | os.PathLike[str] = DEFAULT_CWD,
         env: Mapping[str, str] | None = None,
         stdin: int | IO[Any] | None = None,
         stdout: int | IO[Any] | None = None,
@@ -731,11 +731,17 @@ class Reaper:
             args: The program and its arguments, as for ``subprocess.Popen``: str, bytes or
                 path-like objects, passed to the program unchanged, of any size that its exec
                 accepts.
-            cwd: Its working directory ("/" by default, so that it pins no mount).
+            cwd: Its working directory ("/" by default, so that it pins no mount). Given, it
+                is where a relative program (``./run.sh``) is looked up, as with Popen; left
+                at the default, a relative program is looked up from this process's working
+                directory, as Popen without a ``cwd`` would, and the daemon still runs in "/"
+                (so make paths in its arguments absolute).
             env: Its environment (this process's by default), keys and values str or bytes.
-            stdin: Its standard input: a file object or descriptor; /dev/null by default.
-            stdout: Its standard output; /dev/null by default.
-            stderr: Its standard error; /dev/null by default.
+            stdin: Its standard input: an open file object or a descriptor (or
+                ``subprocess.DEVNULL``); /dev/null by default. Not a path: open the file.
+            stdout: Its standard output, likewise; /dev/null by default.
+            stderr: Its standard error, likewise (or ``subprocess.STDOUT``); /dev/null by
+                default.
             pass_fds: Descriptors it inherits; it inherits no other descriptor of ours.
 
         Returns:
@@ -751,10 +757,12 @@ class Reaper:
                 ``getconf ARG_MAX``). Also ``EBADF`` when an entry of ``pass_fds`` is not an
                 open descriptor: checked before anything starts, the message names it.
             TypeError: A part of the command, ``cwd``, or an ``env`` key or value is not str,
-                bytes or path-like, as Popen refuses it; nothing is started.
+                bytes or path-like, as Popen refuses it; or ``stdin``, ``stdout`` or
+                ``stderr`` is a path, or no file object with a descriptor. Nothing is started.
             ValueError: The command is empty, an ``env`` key holds "=", a string holds a
-                null byte, or an entry of ``pass_fds`` is not an int >= 0; nothing is
-                started.
+                null byte, an entry of ``pass_fds`` is not an int >= 0, or a stream is
+                ``subprocess.PIPE`` (nothing would be at the other end), a negative number or
+                a closed file; nothing is started.
             ReaperError: The helper process could not start or run (this Python,
                 ``sys.executable``, must be runnable).
         """
