@@ -601,3 +601,40 @@ def test_a_reaped_child_is_not_kept_alive_by_the_reaper(backend: str) -> None:
         gc.collect()
         assert [ref() for ref in refs] == [None, None]
         assert len(reaper.registry) == 1
+
+
+def test_wait_and_status_check_their_arguments(backend: str) -> None:
+    """A pid that is not an int is a TypeError, one <= 0 a ValueError, each naming pid."""
+    import asyncio
+
+    with Reaper(backend=backend) as reaper:  # type: ignore[arg-type]
+        for bad, error in [("abc", TypeError), (1.0, TypeError), (True, TypeError),
+                           (None, TypeError), (0, ValueError), (-1, ValueError)]:  # fmt: skip
+            for call in (
+                lambda pid: reaper.wait(pid),
+                lambda pid: reaper.status(pid),
+                lambda pid: asyncio.run(reaper.wait_async(pid)),
+            ):
+                with pytest.raises(error, match=r"\bpid must be"):
+                    call(bad)
+        child = reaper.spawn(sh("exec sleep 60"))
+        with pytest.raises(TypeError, match=r"\btimeout must be"):
+            reaper.wait(child.pid, timeout="1")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"\btimeout must be"):
+            child.wait(timeout="1")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"\btimeout must be"):
+            child.wait(timeout=float("nan"))
+        assert child.running
+        child.kill()
+        assert reaper.wait(child.pid, timeout=10).signal == signal.SIGKILL
+
+
+def test_spawn_of_an_empty_command_raises_value_error_like_spawn_detached() -> None:
+    """spawn([]) raises the ValueError that spawn_detached([]) raises, not Popen's IndexError."""
+    with Reaper() as reaper:
+        with pytest.raises(ValueError, match="args is empty") as spawned:
+            reaper.spawn([])
+        with pytest.raises(ValueError, match="args is empty") as detached:
+            reaper.spawn_detached([])
+        assert str(spawned.value) == str(detached.value)
+        assert reaper.children == ()

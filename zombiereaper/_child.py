@@ -153,7 +153,10 @@ class Child:
             StatusLostError: Other code reaped the child and took its status.
             ReaperError: Called from ``on_exit`` on the reaping thread, which would wait for
                 itself.
+            TypeError: ``timeout`` is not a number or None.
+            ValueError: ``timeout`` is NaN.
         """
+        check_timeout(timeout, "Child.wait()")
         self._check_process()
         return wait_for_watch(self._watch, timeout, cmd=self.args)
 
@@ -366,6 +369,24 @@ def _wait_for(children: Sequence[Child], deadline: float | None) -> None:
         for child in pending:
             child._engine.settle(child._watch)
         pending = [child for child in pending if not child._watch.settled]
+
+
+def check_timeout(timeout: object, what: str) -> None:
+    """Refuse a ``timeout`` that is neither None nor a number of seconds.
+
+    Raises:
+        TypeError: It is not an int, a float or None.
+        ValueError: It is NaN.
+    """
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(
+            f"{what}: timeout must be a number of seconds or None, got {timeout!r} "
+            f"({type(timeout).__name__})"
+        )
+    if math.isnan(timeout):
+        raise ValueError(f"{what}: timeout must be a number of seconds or None, got nan")
 
 
 def finite_or_none(timeout: float | None) -> float | None:

@@ -16,8 +16,8 @@ from typing import IO, TYPE_CHECKING, Any, Final, Literal, NamedTuple, Self, Typ
 
 from . import _engine, _linux
 from ._backends import BackendName, resolve_backend
-from ._child import Child, stop_children, wait_for_watch, wait_for_watch_async
-from ._detach import DEFAULT_CWD, command_argv, spawn_detached
+from ._child import Child, check_timeout, stop_children, wait_for_watch, wait_for_watch_async
+from ._detach import DEFAULT_CWD, check_command, command_argv, spawn_detached
 from ._errors import (
     NotInstalledError,
     NotOurChildError,
@@ -367,8 +367,10 @@ class Reaper:
         Raises:
             NotInstalledError: The Reaper is not installed.
             FileNotFoundError: The program does not exist (as Popen raises it).
+            ValueError: ``args`` is an empty list (Popen would raise an IndexError).
             PermissionError: The program cannot be executed (as Popen raises it).
         """
+        check_command(args)
         engine = self._begin_adoption("spawn()")
         try:
             with engine.spawning():
@@ -602,7 +604,11 @@ class Reaper:
             NotOurChildError: ``pid`` is not a child this Reaper can wait for (or its record
                 left the history).
             WaitTimeout: The child still ran after ``timeout`` seconds (a TimeoutError).
+            TypeError: ``pid`` is not an int, or ``timeout`` not a number or None.
+            ValueError: ``pid`` is not > 0, or ``timeout`` is NaN.
         """
+        _check_pid(pid, "wait()")
+        check_timeout(timeout, "wait()")
         watch = self._watch_for(pid)
         if watch is not None:
             return wait_for_watch(watch, timeout)
@@ -668,7 +674,10 @@ class Reaper:
         Raises:
             NotOurChildError: ``pid`` is not a child this Reaper can wait for (or its record
                 left the history).
+            TypeError: ``pid`` is not an int.
+            ValueError: ``pid`` is not > 0.
         """
+        _check_pid(pid, "wait_async()")
         watch = self._watch_for(pid)
         if watch is not None:
             return await wait_for_watch_async(watch)
@@ -681,7 +690,13 @@ class Reaper:
         return self._recorded(pid)
 
     def status(self, pid: int) -> ExitStatus | None:
-        """The latest exit recorded for ``pid``, or None (still running, or never ours)."""
+        """The latest exit recorded for ``pid``, or None (still running, or never ours).
+
+        Raises:
+            TypeError: ``pid`` is not an int.
+            ValueError: ``pid`` is not > 0.
+        """
+        _check_pid(pid, "status()")
         return self._registry.get(pid)
 
     def reap(self) -> list[ExitStatus]:
@@ -890,6 +905,25 @@ class _OrphanRecords:
     def announce(self, status: ExitStatus) -> None:
         """Tell ``on_exit`` (on the reaping thread)."""
         self._reaper._announce(status.pid, status)
+
+
+def _check_pid(pid: object, what: str) -> None:
+    """Refuse a ``pid`` argument that cannot name a child, naming the parameter.
+
+    Raises:
+        TypeError: It is not an int (a bool is not one either).
+        ValueError: It is 0 or negative (a process group, or every child, to waitpid).
+    """
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(
+            f"{what}: pid must be an int, the process id of one child, got {pid!r} "
+            f"({type(pid).__name__})"
+        )
+    if pid <= 0:
+        raise ValueError(
+            f"{what}: pid must be > 0, the process id of one child, got {pid}; waiting for "
+            "a process group or for any child is not supported"
+        )
 
 
 def find_record(pid: int) -> ExitStatus | None:
