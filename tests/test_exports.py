@@ -19,6 +19,7 @@ PUBLIC = [
     "Registry",
     "Service",
     "ServiceEvent",
+    "SpawnedChild",
     "StatusLostError",
     "WaitTimeout",
     "can_use_pidfd",

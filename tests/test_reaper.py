@@ -20,6 +20,7 @@ from zombiereaper import (
     NotOurChildError,
     Reaper,
     ReaperError,
+    SpawnedChild,
     WaitTimeout,
     can_use_pidfd,
 )
@@ -601,6 +602,56 @@ def test_a_reaped_child_is_not_kept_alive_by_the_reaper(backend: str) -> None:
         gc.collect()
         assert [ref() for ref in refs] == [None, None]
         assert len(reaper.registry) == 1
+
+
+def test_spawn_returns_a_spawned_child_whose_popen_is_always_there(backend: str) -> None:
+    """spawn() gives a SpawnedChild with its Popen; watch() of another's Popen a plain Child."""
+    with Reaper(backend=backend) as reaper:  # type: ignore[arg-type]
+        child = reaper.spawn(sh("exit 0"))
+        assert isinstance(child, SpawnedChild)
+        assert isinstance(child.popen, subprocess.Popen)
+        assert child.popen.pid == child.pid
+        assert reaper.watch(child.popen) is child
+        theirs = subprocess.Popen(sh("exit 0"))
+        watched = reaper.watch(theirs)
+        assert type(watched) is Child
+        assert watched.popen is theirs
+        child.wait(10)
+        watched.wait(10)
+
+
+def test_leaving_a_spawned_child_s_block_closes_its_pipes(backend: str) -> None:
+    """`with child:` stops a spawned child, then closes its pipes; a watched Popen keeps its own."""
+    import gc
+    import warnings
+
+    with Reaper(backend=backend) as reaper:  # type: ignore[arg-type]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with reaper.spawn(
+                py("import sys; print('ready', flush=True); sys.stdin.read()"),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            ) as child:
+                assert read_line(child.popen.stdout) == "ready\n"
+                child.popen.stdin.write(b"unflushed, and never read")  # type: ignore[union-attr]
+                pipes = [child.popen.stdin, child.popen.stdout, child.popen.stderr]
+            assert child.status is not None and child.status.signal == signal.SIGTERM
+            assert all(pipe is not None and pipe.closed for pipe in pipes)
+            with reaper.spawn(sh("exit 0"), stdout=subprocess.PIPE) as exited:
+                exited.wait(10)
+            assert exited.popen.stdout is not None and exited.popen.stdout.closed
+            del child, exited, pipes
+            gc.collect()
+        assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+        # The pipes of a Popen that other code started and handed over stay that code's.
+        popen = subprocess.Popen(sh("echo left; exec sleep 60"), stdout=subprocess.PIPE)
+        with reaper.watch(popen):
+            assert read_line(popen.stdout) == "left\n"
+        assert popen.returncode == -signal.SIGTERM
+        assert popen.stdout is not None and not popen.stdout.closed
+        popen.stdout.close()
 
 
 def test_wait_and_status_check_their_arguments(backend: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._backends import can_use_pidfd as can_use_pidfd
 from ._child import Child as Child
+from ._child import SpawnedChild as SpawnedChild
 from ._errors import BackendUnavailableError as BackendUnavailableError
 from ._errors import ChildLeakWarning as ChildLeakWarning
 from ._errors import NotInstalledError as NotInstalledError
@@ -36,6 +37,7 @@ __all__ = [
     "Registry",
     "Service",
     "ServiceEvent",
+    "SpawnedChild",
     "StatusLostError",
     "WaitTimeout",
     "can_use_pidfd",

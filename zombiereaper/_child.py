@@ -52,7 +52,8 @@ class Child:
     the child has been reaped do nothing: they can never reach another process that was given
     the same pid.
 
-    ``with reaper.spawn(...) as child:`` stops the child when the block ends, if it still runs.
+    ``with child:`` stops the child when the block ends, if it still runs; a
+    :class:`SpawnedChild` then also closes the pipes of its Popen.
 
     Attributes:
         pid: The child's process id.
@@ -82,7 +83,10 @@ class Child:
 
     @property
     def popen(self) -> subprocess.Popen[Any] | None:
-        """The :class:`subprocess.Popen` of the child, or None if it was not started by one."""
+        """The :class:`subprocess.Popen` of the child, or None if it was not started by one.
+
+        A :class:`SpawnedChild`, which :meth:`Reaper.spawn` returns, types it without None.
+        """
         return self._popen
 
     @property
@@ -273,6 +277,50 @@ def _short_command(args: Any) -> str | None:
     if len(command) > _REPR_COMMAND_LENGTH:
         command = command[: _REPR_COMMAND_LENGTH - 3] + "..."
     return command
+
+
+class SpawnedChild(Child):
+    """A child that :meth:`Reaper.spawn() <zombiereaper.Reaper.spawn>` started.
+
+    A :class:`Child` whose :attr:`popen` is always there (typed ``subprocess.Popen``, never
+    None), and whose pipes are the Reaper's to close: ``with reaper.spawn(...) as child:`` stops
+    the child if it still runs, then closes the ``stdin``, ``stdout`` and ``stderr`` pipes that
+    its Popen opened, as ``with subprocess.Popen(...)`` does. Read what you need from them in
+    the block.
+    """
+
+    @property
+    def popen(self) -> subprocess.Popen[Any]:
+        """The :class:`subprocess.Popen` that started the child."""
+        popen = self._popen
+        assert popen is not None  # spawn() always gives one, and it never changes
+        return popen
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            super().__exit__(exc_type, exc, tb)
+        finally:
+            # Also when stopping was interrupted: the pipes are ours either way.
+            close_pipes(self.popen)
+
+
+def close_pipes(popen: subprocess.Popen[Any]) -> None:
+    """Close the pipes that ``popen`` opened, in the order ``Popen.__exit__`` closes them.
+
+    Unlike Popen's, a failure to flush what is left for stdin (the child is gone: a broken
+    pipe) is not raised: nothing could read it any more, and the descriptor is closed anyway.
+    """
+    for stream in (popen.stdout, popen.stderr, popen.stdin):
+        if stream is not None:
+            try:
+                stream.close()
+            except BrokenPipeError:
+                pass
 
 
 def wait_for_watch(watch: Watch, timeout: float | None, *, cmd: Any = None) -> ExitStatus:

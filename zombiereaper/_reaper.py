@@ -16,7 +16,15 @@ from typing import IO, TYPE_CHECKING, Any, Final, Literal, NamedTuple, Self, Typ
 
 from . import _engine, _linux
 from ._backends import BackendName, resolve_backend
-from ._child import Child, check_timeout, stop_children, wait_for_watch, wait_for_watch_async
+from ._child import (
+    Child,
+    SpawnedChild,
+    check_timeout,
+    close_pipes,
+    stop_children,
+    wait_for_watch,
+    wait_for_watch_async,
+)
 from ._detach import DEFAULT_CWD, check_command, command_argv, spawn_detached
 from ._errors import (
     NotInstalledError,
@@ -349,41 +357,53 @@ class Reaper:
 
     # --- children -----------------------------------------------------------------------------
 
-    def spawn(self, args: Command, **popen_kwargs: Any) -> Child:
+    def spawn(self, args: Command, **popen_kwargs: Any) -> SpawnedChild:
         """Start a child through :class:`subprocess.Popen` and own it.
 
         Every Popen keyword works (``cwd``, ``env``, ``stdin``/``stdout``/``stderr``,
         ``pass_fds``, ``start_new_session``, ``process_group``...). The returned
-        :attr:`Child.popen` stays fully usable: ``popen.wait()`` and ``popen.returncode``
-        keep the real code even though the Reaper reaps the child.
+        :attr:`SpawnedChild.popen` stays fully usable: ``popen.wait()`` and
+        ``popen.returncode`` keep the real code even though the Reaper reaps the child.
 
         Args:
             args: The program and its arguments, as Popen takes them.
             **popen_kwargs: Passed to :class:`subprocess.Popen` unchanged.
 
         Returns:
-            The handle to the new child.
+            The handle to the new child, whose ``popen`` is never None.
 
         Raises:
             NotInstalledError: The Reaper is not installed.
-            FileNotFoundError: The program does not exist (as Popen raises it).
             ValueError: ``args`` is an empty list (Popen would raise an IndexError).
+            FileNotFoundError: The program does not exist (as Popen raises it).
             PermissionError: The program cannot be executed (as Popen raises it).
         """
+        return self._spawn("spawn()", args, popen_kwargs, subprocess.Popen)
+
+    def _spawn(
+        self,
+        what: str,
+        args: Command,
+        popen_kwargs: dict[str, Any],
+        popen_class: type[subprocess.Popen[Any]],
+    ) -> SpawnedChild:
         check_command(args)
-        engine = self._begin_adoption("spawn()")
+        engine = self._begin_adoption(what)
         try:
             with engine.spawning():
-                popen: subprocess.Popen[Any] = subprocess.Popen(args, **popen_kwargs)
+                popen = popen_class(args, **popen_kwargs)
                 try:
-                    return self._adopt(engine, PopenSource(popen), popen, fresh=True)
+                    child = self._adopt(engine, PopenSource(popen), popen, fresh=True)
                 except BaseException:
-                    # Nothing may be left behind: no process, no zombie, no record.
+                    # Nothing may be left behind: no process, no zombie, no record, no pipe.
                     popen.kill()
                     popen.wait()
+                    close_pipes(popen)
                     raise
         finally:
             self._end_adoption()
+        assert isinstance(child, SpawnedChild)
+        return child
 
     def watch(self, target: int | subprocess.Popen[Any] | BaseProcess) -> Child:
         """Own a child that other code started, and record its exit like a spawned one's.
@@ -463,14 +483,21 @@ class Reaper:
         owner had reaped it) is never published: the sink has recorded it already.
         """
         watch = engine.register(source, self._records, self._backend, fresh=fresh)
-        child = Child(
-            watch,
-            engine,
-            args=source.args,
-            popen=source.popen if isinstance(source, PopenSource) else None,
-            process=source.process if isinstance(source, ProcessSource) else None,
-            stop_timeout=self._stop_timeout,
-        )
+        child: Child
+        if fresh and isinstance(source, PopenSource):
+            # Started by spawn(): its Popen, and the pipes that it opened, are ours.
+            child = SpawnedChild(
+                watch, engine, args=source.args, popen=source.popen, stop_timeout=self._stop_timeout
+            )
+        else:
+            child = Child(
+                watch,
+                engine,
+                args=source.args,
+                popen=source.popen if isinstance(source, PopenSource) else None,
+                process=source.process if isinstance(source, ProcessSource) else None,
+                stop_timeout=self._stop_timeout,
+            )
         with self._lock:
             # Checked under the lock that the sink takes to drop a settled child: either the
             # child is published before the sink drops it, or the sink has run already.
