@@ -9,6 +9,7 @@ PUBLIC = [
     "Backoff",
     "Child",
     "ChildLeakWarning",
+    "CompletedRun",
     "ExitStatus",
     "Intensity",
     "ManualClock",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._backends import can_use_pidfd as can_use_pidfd
 from ._child import Child as Child
+from ._child import CompletedRun as CompletedRun
 from ._child import SpawnedChild as SpawnedChild
 from ._errors import BackendUnavailableError as BackendUnavailableError
 from ._errors import ChildLeakWarning as ChildLeakWarning
@@ -27,6 +28,7 @@ __all__ = [
     "Backoff",
     "Child",
     "ChildLeakWarning",
+    "CompletedRun",
     "ExitStatus",
     "Intensity",
     "ManualClock",

@@ -12,6 +12,7 @@ import math
 import os
 import shlex
 import signal
+import subprocess
 import time
 from typing import TYPE_CHECKING, Any, Final, Self
 
@@ -27,7 +28,6 @@ from ._errors import (
 if TYPE_CHECKING:
     import asyncio
     import multiprocessing.process
-    import subprocess
     from collections.abc import Callable, Sequence
     from types import TracebackType
 
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 #: The longest command that a Child's repr shows before cutting it short with "...".
 _REPR_COMMAND_LENGTH: Final = 40
+
+#: How long a run() child may take to exit after a Ctrl-C before it is killed (Popen.wait's).
+_SIGINT_GRACE: Final = 0.25
 
 #: While stopping children, how often those not yet reported are checked directly: their
 #: exit must be seen even if what normally reports it (the relay) is stuck (issue 11, race 7).
@@ -307,6 +310,65 @@ class SpawnedChild(Child):
         finally:
             # Also when stopping was interrupted: the pipes are ours either way.
             close_pipes(self.popen)
+
+
+class CompletedRun(subprocess.CompletedProcess[Any]):
+    """What :meth:`Reaper.run() <zombiereaper.Reaper.run>` returns: a finished child.
+
+    A :class:`subprocess.CompletedProcess` (``args``, ``returncode``, ``stdout``, ``stderr``,
+    ``check_returncode()``), with the child's :class:`~zombiereaper.ExitStatus` besides.
+
+    Attributes:
+        status: How the child ended, as recorded in the Reaper's registry; ``returncode`` is
+            ``status.returncode``.
+    """
+
+    def __init__(
+        self, args: Any, status: ExitStatus, stdout: Any = None, stderr: Any = None
+    ) -> None:
+        super().__init__(args, status.returncode, stdout, stderr)
+        self.status = status
+
+    @property
+    def pid(self) -> int:
+        """The pid that the child had."""
+        return self.status.pid
+
+
+class RunPopen(subprocess.Popen[Any]):
+    """The Popen of a :meth:`Reaper.run` child, whose ``wait()`` waits for the Reaper's record.
+
+    Popen's own wait() would race the reaping thread to reap the child: winning, it leaves the
+    record without the core-dump bit; and when other code has stolen the status, it makes up a
+    0 (bpo-15756). Through :attr:`reaped_by`, only the Reaper reaps, and a stolen status is
+    raised as StatusLostError. ``communicate()`` calls this wait() once its pipes are done.
+    """
+
+    #: The Child that reaps this Popen's process, once it is adopted.
+    reaped_by: SpawnedChild | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the child's exit as the Reaper records it; see ``Popen.wait``.
+
+        Raises:
+            subprocess.TimeoutExpired: The child still ran after ``timeout`` seconds.
+            StatusLostError: Other code reaped the child and took its status.
+        """
+        child = self.reaped_by
+        if child is None or _engine.is_reaping_thread():
+            return super().wait(timeout)
+        try:
+            return child.wait(timeout).returncode
+        except WaitTimeout as err:
+            raise subprocess.TimeoutExpired(self.args, err.timeout) from None
+        except KeyboardInterrupt:
+            # As Popen.wait does (bpo-25942): the child probably got the same Ctrl-C, so it has
+            # a moment to exit by itself before run() kills it.
+            try:
+                child.wait(_SIGINT_GRACE)
+            except WaitTimeout:
+                pass
+            raise
 
 
 def close_pipes(popen: subprocess.Popen[Any]) -> None:

@@ -18,6 +18,8 @@ from . import _engine, _linux
 from ._backends import BackendName, resolve_backend
 from ._child import (
     Child,
+    CompletedRun,
+    RunPopen,
     SpawnedChild,
     check_timeout,
     close_pipes,
@@ -404,6 +406,104 @@ class Reaper:
             self._end_adoption()
         assert isinstance(child, SpawnedChild)
         return child
+
+    def run(
+        self,
+        args: Command,
+        *,
+        input: str | bytes | None = None,
+        capture_output: bool = False,
+        timeout: float | None = None,
+        check: bool = False,
+        **popen_kwargs: Any,
+    ) -> CompletedRun:
+        """Run a program to its end, as :func:`subprocess.run` does, as a child of this Reaper.
+
+        The child is spawned (:meth:`spawn`), fed ``input``, its output collected, and its
+        exit recorded like any spawned child's: in :attr:`registry`, and once to ``on_exit``.
+        Only the Reaper reaps it, so the status is exact (``core_dumped`` included). Its pipes
+        are closed before this returns or raises. A timeout, a KeyboardInterrupt or any other
+        exception while the child runs kills it and waits until it is reaped before the
+        exception propagates, as :func:`subprocess.run` does (after a Ctrl-C, the child first
+        has a quarter of a second to exit by itself, as it probably got the SIGINT too).
+
+        Args:
+            args: The program and its arguments, as Popen takes them.
+            input: Written to the child's stdin, which is then closed: bytes, or str in text
+                mode (``text``, ``encoding``, ``errors`` or ``universal_newlines``). Not with a
+                ``stdin`` argument.
+            capture_output: Collect stdout and stderr (``stdout=PIPE, stderr=PIPE``). Not with
+                a ``stdout`` or ``stderr`` argument.
+            timeout: Seconds that the child may take, or None. When they run out, the child is
+                killed and reaped, then ``subprocess.TimeoutExpired`` is raised with the output
+                collected so far (as bytes, as subprocess gives it).
+            check: Raise ``subprocess.CalledProcessError`` (with ``output`` and ``stderr``)
+                when the child does not exit with code 0.
+            **popen_kwargs: Passed to :class:`subprocess.Popen` unchanged (``stdout=PIPE``,
+                ``text=True``, ``cwd``, ``env``...).
+
+        Returns:
+            A :class:`CompletedRun`: a ``subprocess.CompletedProcess`` with the child's
+            :class:`ExitStatus` as ``status`` (``returncode`` is its return code).
+
+        Raises:
+            NotInstalledError: The Reaper is not installed.
+            ValueError: ``args`` is empty, ``input`` or ``capture_output`` comes with the
+                streams that it sets, or ``timeout`` is NaN.
+            FileNotFoundError: The program does not exist (as Popen raises it).
+            PermissionError: The program cannot be executed (as Popen raises it).
+            subprocess.TimeoutExpired: ``timeout`` ran out; the child has been killed and
+                reaped.
+            subprocess.CalledProcessError: ``check=True`` and a non-zero return code.
+            StatusLostError: Other code reaped the child and took its status (a
+                ``waitpid(-1)`` loop, or ``SIGCHLD`` set to ``SIG_IGN``): no return code is made
+                up, and the output is dropped.
+            TypeError: ``timeout`` is not a number or None.
+        """
+        check_timeout(timeout, "run()")
+        if input is not None:
+            if popen_kwargs.get("stdin") is not None:
+                raise ValueError(
+                    "stdin and input may not both be used: input is written to the child's "
+                    "stdin through a pipe; drop one of them"
+                )
+            popen_kwargs["stdin"] = subprocess.PIPE
+        if capture_output:
+            if popen_kwargs.get("stdout") is not None or popen_kwargs.get("stderr") is not None:
+                raise ValueError(
+                    "stdout and stderr may not be used with capture_output=True, which sets "
+                    "both to subprocess.PIPE; drop one or the other"
+                )
+            popen_kwargs["stdout"] = subprocess.PIPE
+            popen_kwargs["stderr"] = subprocess.PIPE
+        child = self._spawn("run()", args, popen_kwargs, RunPopen)
+        popen = child.popen
+        assert isinstance(popen, RunPopen)
+        popen.reaped_by = child
+        try:
+            try:
+                stdout, stderr = popen.communicate(input, timeout=timeout)
+            except BaseException:
+                # A timeout, a KeyboardInterrupt (the child has had its moment to exit on the
+                # same SIGINT), bad input: the child goes, and is reaped before the error
+                # propagates. TimeoutExpired holds the output so far, as subprocess.run's does.
+                if child.running:
+                    child.kill()
+                    child.wait()
+                raise
+            status = child.wait()
+        finally:
+            close_pipes(popen)
+            popen.reaped_by = None  # no cycle: the Child holds the Popen
+            if popen.returncode is None and not child.running:
+                # The status was lost. Never read; set so that Popen's __del__ does not queue
+                # the pid for a later waitpid, which could reap a process that reused it.
+                popen.returncode = 0
+        if check and status.returncode != 0:
+            raise subprocess.CalledProcessError(
+                status.returncode, popen.args, output=stdout, stderr=stderr
+            )
+        return CompletedRun(popen.args, status, stdout, stderr)
 
     def watch(self, target: int | subprocess.Popen[Any] | BaseProcess) -> Child:
         """Own a child that other code started, and record its exit like a spawned one's.
