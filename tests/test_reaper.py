@@ -654,6 +654,27 @@ def test_leaving_a_spawned_child_s_block_closes_its_pipes(backend: str) -> None:
         popen.stdout.close()
 
 
+def test_leaving_the_block_drops_input_for_the_gone_child_instead_of_dying_of_sigpipe() -> None:
+    """Input still buffered when the block ends is dropped: no write to a dead child's pipe."""
+    script = """
+import signal, subprocess, sys
+from zombiereaper import Reaper
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as command-line tools do: EPIPE would kill
+with Reaper() as reaper:
+    with reaper.spawn(["sh", "-c", "exec sleep 60"], stdin=subprocess.PIPE, text=True) as child:
+        child.popen.stdin.write("buffered, for a child that will not read it")
+    print(child.popen.stdin.closed, child.status.signal.name)
+"""
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "True SIGTERM\n", "")
+
+
 def test_wait_and_status_check_their_arguments(backend: str) -> None:
     """A pid that is not an int is a TypeError, one <= 0 a ValueError, each naming pid."""
     import asyncio

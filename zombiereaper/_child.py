@@ -374,15 +374,22 @@ class RunPopen(subprocess.Popen[Any]):
 def close_pipes(popen: subprocess.Popen[Any]) -> None:
     """Close the pipes that ``popen`` opened, in the order ``Popen.__exit__`` closes them.
 
-    Unlike Popen's, a failure to flush what is left for stdin (the child is gone: a broken
-    pipe) is not raised: nothing could read it any more, and the descriptor is closed anyway.
+    Called once the child is gone, or going. Unlike Popen's, what is still buffered for stdin
+    is dropped, not flushed: nothing will read it, and writing it could block on a full pipe
+    that an orphaned grandchild holds, raise BrokenPipeError, or kill a program that restored
+    SIGPIPE's default action (as command-line tools do).
     """
-    for stream in (popen.stdout, popen.stderr, popen.stdin):
+    for stream in (popen.stdout, popen.stderr):
         if stream is not None:
-            try:
-                stream.close()
-            except BrokenPipeError:
-                pass
+            stream.close()
+    stdin = popen.stdin
+    if stdin is not None:
+        # Closing the descriptor underneath first: the buffering layers above then see it
+        # closed, and close without writing (TextIOWrapper -> BufferedWriter -> FileIO).
+        raw = getattr(getattr(stdin, "buffer", stdin), "raw", None)
+        if raw is not None:
+            raw.close()
+        stdin.close()
 
 
 def wait_for_watch(watch: Watch, timeout: float | None, *, cmd: Any = None) -> ExitStatus:
