@@ -289,7 +289,7 @@ class SpawnedChild(Child):
     None), and whose pipes are the Reaper's to close: ``with reaper.spawn(...) as child:`` stops
     the child if it still runs, then closes the ``stdin``, ``stdout`` and ``stderr`` pipes that
     its Popen opened, as ``with subprocess.Popen(...)`` does. Read what you need from them in
-    the block.
+    the block; input still buffered for ``stdin`` is dropped, as the child is gone.
     """
 
     @property
