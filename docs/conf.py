@@ -118,7 +118,9 @@ def _keep_property_summaries(  # noqa: PLR0917 (Sphinx's event signature)
 # Child is made by Reaper.spawn() and Service by Reaper.supervise(), never by hand: keep the
 # private parameters of their constructors out of the reference (api.md also gives them an empty
 # signature). A class's "return type" is its __init__'s None, which says nothing: drop it too.
-_HIDDEN_CONSTRUCTORS = frozenset({"zombiereaper.Child", "zombiereaper.Service"})
+_HIDDEN_CONSTRUCTORS = frozenset(
+    {"zombiereaper.Child", "zombiereaper.SpawnedChild", "zombiereaper.Service"}
+)
 
 
 def _tidy_recorded_typehints(  # noqa: PLR0917 (Sphinx's event signature)
