@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import subprocess
 import sys
@@ -16,12 +17,12 @@ from hypothesis import strategies as st
 from zombiereaper import (
     Backoff,
     Intensity,
-    ManualClock,
     NotInstalledError,
     Reaper,
     Service,
     ServiceEvent,
 )
+from zombiereaper.testing import ManualClock
 
 from .helpers import FORK_IN_THREADED_PROCESS, sh, zombie_children
 
@@ -529,3 +530,17 @@ def test_blocking_calls_from_on_event_are_refused() -> None:
         assert done.wait(10)
     assert len(caught) == 3
     assert all("reaping thread" in message for message in caught)
+
+
+def test_a_manual_clock_refuses_to_go_back_or_to_infinity() -> None:
+    """advance() takes a finite number >= 0, and ManualClock() a finite start."""
+    clock = ManualClock(start=5)
+    with pytest.raises(ValueError, match="seconds must be >= 0"):
+        clock.advance(-1)
+    with pytest.raises(ValueError, match="finite"):
+        clock.advance(math.inf)
+    with pytest.raises(TypeError, match="number of seconds"):
+        clock.advance("1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="finite"):
+        ManualClock(start=math.nan)
+    assert clock.now() == 5

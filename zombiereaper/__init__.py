@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._backends import can_use_pidfd as can_use_pidfd
 from ._child import Child as Child
 from ._child import CompletedRun as CompletedRun
@@ -19,7 +21,6 @@ from ._status import ExitStatus as ExitStatus
 from ._status import decode_wait_status as decode_wait_status
 from ._supervise import Backoff as Backoff
 from ._supervise import Intensity as Intensity
-from ._supervise import ManualClock as ManualClock
 from ._supervise import Service as Service
 from ._supervise import ServiceEvent as ServiceEvent
 
@@ -31,7 +32,6 @@ __all__ = [
     "CompletedRun",
     "ExitStatus",
     "Intensity",
-    "ManualClock",
     "NotInstalledError",
     "NotOurChildError",
     "Reaper",
@@ -54,3 +54,27 @@ for _name in __all__:
     if isinstance(_obj, type):
         _obj.__module__ = __name__
 del _name, _obj
+
+if TYPE_CHECKING:
+    # Deprecated: still there for type checkers while __getattr__ below warns at run time.
+    from .testing import ManualClock as ManualClock
+else:
+
+    def __getattr__(name: str) -> object:
+        """Give the names that moved away, with a DeprecationWarning."""
+        if name == "ManualClock":
+            import warnings  # noqa: PLC0415 - only a deprecated name needs it
+
+            warnings.warn(
+                "zombiereaper.ManualClock moved to zombiereaper.testing: use "
+                "`from zombiereaper.testing import ManualClock` (the old name will be removed)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            from .testing import ManualClock  # noqa: PLC0415 - its home, imported on demand
+
+            return ManualClock
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+del TYPE_CHECKING

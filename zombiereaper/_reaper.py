@@ -651,7 +651,7 @@ class Reaper:
             target_kwargs: Keyword arguments for ``target``.
             start_method: The multiprocessing start method for ``target`` (None: the default).
             clock: Where time is read and restarts are scheduled (tests pass a
-                :class:`ManualClock`); the real clock by default.
+                :class:`~zombiereaper.testing.ManualClock`); the real clock by default.
             rng: The random source of the backoff jitter.
             **spawn_kwargs: Popen keywords for each copy of ``args``.
 

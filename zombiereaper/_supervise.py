@@ -152,15 +152,23 @@ class Cancellable(Protocol):
 
 
 class Clock(Protocol):
-    """Where a Service reads the time and schedules its restarts."""
+    """Where a Service reads the time and schedules its restarts.
+
+    The real clock is used unless ``supervise(clock=...)`` names another, such as
+    :class:`~zombiereaper.testing.ManualClock`.
+    """
 
     def now(self) -> float:
         """Seconds on a monotonic clock."""
         ...
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
-        """Run ``callback`` once ``delay`` seconds have passed."""
+        """Run ``callback`` once ``delay`` seconds have passed; return a way to call it off."""
         ...
+
+
+# Public in zombiereaper.testing, where users import them from and the docs show them.
+Cancellable.__module__ = Clock.__module__ = "zombiereaper.testing"
 
 
 class EngineClock:
@@ -176,59 +184,6 @@ class EngineClock:
     def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
         """Run ``callback`` on the reaping thread in ``delay`` seconds."""
         return self._engine.call_later(delay, callback)
-
-
-class ManualClock:
-    """A clock that moves only when told to: for tests of backoff schedules.
-
-    ``advance(seconds)`` moves time forward and runs, in the calling thread, every callback
-    that has come due.
-    """
-
-    def __init__(self, start: float = 0.0) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-        self._timers: list[_ManualTimer] = []
-
-    def now(self) -> float:
-        """The clock's current time."""
-        return self._now
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
-        """Run ``callback`` when the clock has been advanced ``delay`` seconds from now."""
-        timer = _ManualTimer(self._now + max(0.0, delay), callback)
-        with self._lock:
-            self._timers.append(timer)
-        return timer
-
-    def pending(self) -> list[float]:
-        """The due times of the callbacks not yet run or cancelled, soonest first."""
-        with self._lock:
-            return sorted(t.due for t in self._timers if not t.cancelled)
-
-    def advance(self, seconds: float) -> None:
-        """Move the time forward by ``seconds`` and run what has come due, in order."""
-        target = self._now + seconds
-        while True:
-            with self._lock:
-                due = [t for t in self._timers if not t.cancelled and t.due <= target]
-                if not due:
-                    break
-                timer = min(due, key=lambda t: t.due)
-                self._timers.remove(timer)
-            self._now = max(self._now, timer.due)
-            timer.callback()
-        self._now = target
-
-
-@dataclass
-class _ManualTimer:
-    due: float
-    callback: Callable[[], None]
-    cancelled: bool = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 # --- the service ----------------------------------------------------------------------------------
