@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -98,6 +100,129 @@ def test_bad_arguments_are_refused_at_once(reaper: Reaper) -> None:
     assert reaper.services == ()
     with pytest.raises(NotInstalledError):
         Reaper().supervise(["true"])
+
+
+#: A program that runs until it is stopped: what a bad argument must never get to start.
+SLEEPER = ["sleep", "30"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "parameter"),
+    [
+        pytest.param({"args": SLEEPER, "backoff": 5}, "backoff", id="backoff=5"),
+        pytest.param({"args": SLEEPER, "backoff": "fast"}, "backoff", id="backoff='fast'"),
+        pytest.param({"args": SLEEPER, "intensity": 5}, "intensity", id="intensity=5"),
+        pytest.param({"target": 42}, "target", id="target=42"),
+        pytest.param({"args": SLEEPER, "on_event": 1}, "on_event", id="on_event=1"),
+        pytest.param({"args": SLEEPER, "name": 3}, "name", id="name=3"),
+        pytest.param({"args": SLEEPER, "replicas": "2"}, "replicas", id="replicas='2'"),
+        pytest.param({"args": SLEEPER, "replicas": True}, "replicas", id="replicas=True"),
+        pytest.param({"args": SLEEPER, "replicas": 1.0}, "replicas", id="replicas=1.0"),
+        pytest.param({"args": SLEEPER, "restart": 1}, "restart", id="restart=1"),
+        pytest.param({"args": SLEEPER, "stop_timeout": "5"}, "stop_timeout", id="stop_timeout='5'"),
+        pytest.param(
+            {"args": SLEEPER, "stop_timeout": True}, "stop_timeout", id="stop_timeout=True"
+        ),
+        pytest.param({"args": SLEEPER, "clock": object()}, "clock", id="clock=object()"),
+        pytest.param({"args": SLEEPER, "rng": 7}, "rng", id="rng=7"),
+        pytest.param({"args": 42}, "args", id="args=42"),
+        pytest.param({"args": iter(SLEEPER)}, "args", id="args=iterator"),
+        pytest.param({"args": ["sleep", 30]}, "args", id="args=[..., 30]"),
+        pytest.param({"target": print, "target_args": "ab"}, "target_args", id="target_args='ab'"),
+        pytest.param(
+            {"target": print, "target_kwargs": {1: 2}}, "target_kwargs", id="kwargs={1:2}"
+        ),
+        pytest.param({"target": print, "target_kwargs": [1]}, "target_kwargs", id="kwargs=[1]"),
+        pytest.param({"target": print, "start_method": 3}, "start_method", id="start_method=3"),
+    ],
+)
+def test_arguments_of_the_wrong_type_raise_type_error(
+    reaper: Reaper, kwargs: dict[str, Any], parameter: str
+) -> None:
+    """A wrong type raises TypeError naming the parameter, before any copy starts."""
+    with pytest.raises(TypeError, match=rf"^(each argument in )?{parameter}\b"):
+        reaper.supervise(**kwargs)
+    assert reaper.services == ()
+    assert len(reaper.registry) == 0  # nothing was started
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "parameter"),
+    [
+        pytest.param({"args": SLEEPER, "stop_timeout": -1}, "stop_timeout", id="stop_timeout=-1"),
+        pytest.param(
+            {"args": SLEEPER, "stop_timeout": math.nan}, "stop_timeout", id="stop_timeout=nan"
+        ),
+        pytest.param({"args": SLEEPER, "name": ""}, "name", id="name=''"),
+        pytest.param(
+            {"target": print, "start_method": "bogus"}, "start_method", id="start_method=bogus"
+        ),
+        pytest.param({"args": SLEEPER, "target_args": (1,)}, "target_args", id="args+target_args"),
+        pytest.param(
+            {"args": SLEEPER, "target_kwargs": {"a": 1}}, "target_kwargs", id="args+target_kwargs"
+        ),
+        pytest.param(
+            {"args": SLEEPER, "start_method": "spawn"}, "start_method", id="args+start_method"
+        ),
+    ],
+)
+def test_arguments_with_a_bad_value_raise_value_error(
+    reaper: Reaper, kwargs: dict[str, Any], parameter: str
+) -> None:
+    """A bad value, or an argument that does not go with the others, raises ValueError."""
+    with pytest.raises(ValueError, match=rf"^{parameter}\b"):
+        reaper.supervise(**kwargs)
+    assert reaper.services == ()
+    assert len(reaper.registry) == 0
+
+
+def test_arguments_are_checked_before_the_reaper_is_needed() -> None:
+    """A bad argument to a Reaper that is not installed is reported as the bad argument."""
+    with pytest.raises(TypeError, match=r"^backoff"):
+        Reaper().supervise(SLEEPER, backoff=5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("make", "parameter"),
+    [
+        pytest.param(lambda: Backoff(initial="1"), "initial", id="initial='1'"),  # type: ignore[arg-type]
+        pytest.param(lambda: Backoff(factor=True), "factor", id="factor=True"),
+        pytest.param(lambda: Backoff(jitter=None), "jitter", id="jitter=None"),  # type: ignore[arg-type]
+        pytest.param(lambda: Backoff(reset_after="10"), "reset_after", id="reset_after='10'"),  # type: ignore[arg-type]
+        pytest.param(lambda: Intensity(max_restarts=1.5), "max_restarts", id="max_restarts=1.5"),  # type: ignore[arg-type]
+        pytest.param(lambda: Intensity(max_restarts=True), "max_restarts", id="max_restarts=True"),
+        pytest.param(lambda: Intensity(period="60"), "period", id="period='60'"),  # type: ignore[arg-type]
+    ],
+)
+def test_policy_records_refuse_what_is_not_a_number(
+    make: Callable[[], object], parameter: str
+) -> None:
+    """Backoff and Intensity raise TypeError, naming the field, for a str, None or a bool."""
+    with pytest.raises(TypeError, match=rf"\({parameter}=\.\.\.\) must be"):
+        make()
+
+
+def test_policy_records_refuse_delays_that_never_end_and_take_never_ending_periods() -> None:
+    """An infinite or NaN delay raises ValueError; an infinite reset or period is taken."""
+    refused: list[tuple[Callable[[], object], str]] = [
+        (lambda: Backoff(initial=math.inf, maximum=math.inf), "initial"),
+        (lambda: Backoff(factor=math.inf), "factor"),
+        (lambda: Backoff(maximum=math.inf), "maximum"),
+        (lambda: Backoff(jitter=math.nan), "jitter"),
+        (lambda: Backoff(reset_after=math.nan), "reset_after"),
+        (lambda: Intensity(period=math.nan), "period"),
+    ]
+    for make, parameter in refused:
+        with pytest.raises(ValueError, match=rf"(Backoff|Intensity) needs .*\b{parameter}="):
+            make()
+    assert Backoff(reset_after=math.inf).reset_after == math.inf  # never starts the count again
+    assert Intensity(period=math.inf).period == math.inf  # counts every restart ever
+
+
+def test_backoff_delays_stay_capped_after_a_thousand_failures() -> None:
+    """factor ** n outgrowing a float still gives the maximum, not an OverflowError."""
+    backoff = Backoff(jitter=0)
+    assert backoff.delay(2000, random.Random()) == backoff.maximum
 
 
 # --- policies -------------------------------------------------------------------------------------

@@ -659,20 +659,23 @@ class Reaper:
             The running Service.
 
         Raises:
-            NotInstalledError: The Reaper is not installed.
+            TypeError: An argument of the wrong type (``backoff=5``, ``target=42``...).
             ValueError: Both or neither of ``args`` and ``target``, ``replicas`` < 1, an unknown
-                policy, or Popen keywords with ``target``.
+                policy or start method, a negative ``stop_timeout``, an empty ``args`` or
+                ``name``, Popen keywords with ``target``, or ``target_args``,
+                ``target_kwargs`` or ``start_method`` with ``args``.
+            NotInstalledError: The Reaper is not installed.
             FileNotFoundError: The program does not exist (raised at once, nothing started).
         """
+        check_supervise_arguments(
+            args=args, target=target, name=name, replicas=replicas, restart=restart,
+            backoff=backoff, intensity=intensity, stop_timeout=stop_timeout, on_event=on_event,
+            target_args=target_args, target_kwargs=target_kwargs, start_method=start_method,
+            clock=clock, rng=rng, spawn_kwargs=spawn_kwargs,
+        )  # fmt: skip
         engine = self._engine
         if engine is None:
             raise self._not_installed("supervise()")
-        check_supervise_arguments(args, target, replicas, restart)
-        if target is not None and spawn_kwargs:
-            raise ValueError(
-                f"Popen keywords ({', '.join(spawn_kwargs)}) apply to programs (args=...), "
-                "not to a target callable"
-            )
         start: Callable[[], Child]
         if args is not None:
             program = args

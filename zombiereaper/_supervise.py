@@ -9,9 +9,13 @@ each step. Time goes through a Clock, so that tests drive the backoff schedule b
 from __future__ import annotations
 
 import logging
+import math
+import os
+import random
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
@@ -22,12 +26,11 @@ from ._errors import ReaperError, WaitTimeout
 if TYPE_CHECKING:
     import asyncio
     import multiprocessing.process
-    import random
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable
 
     from ._child import Child
     from ._engine import Engine
-    from ._reaper import Command, Reaper
+    from ._reaper import Reaper
     from ._status import ExitStatus
 
 logger = logging.getLogger("zombiereaper")
@@ -66,20 +69,36 @@ class Backoff:
     reset_after: float = 10.0
 
     def __post_init__(self) -> None:
-        if not (self.initial >= 0 and self.factor >= 1 and self.maximum >= self.initial):
+        for name in ("initial", "factor", "maximum", "jitter", "reset_after"):
+            _check_number("Backoff", name, getattr(self, name))
+        # Each test is written so that NaN fails it. reset_after may be infinite (never reset);
+        # the delays must be finite, or a restart would never come.
+        if not (0 <= self.initial < math.inf):
+            raise ValueError(f"Backoff needs a finite initial >= 0, got initial={self.initial!r}")
+        if not (1 <= self.factor < math.inf):
+            raise ValueError(f"Backoff needs a finite factor >= 1, got factor={self.factor!r}")
+        if not (self.initial <= self.maximum < math.inf):
             raise ValueError(
-                "Backoff needs initial >= 0, factor >= 1 and maximum >= initial, got "
-                f"initial={self.initial}, factor={self.factor}, maximum={self.maximum}"
+                "Backoff needs a finite maximum >= initial, got "
+                f"initial={self.initial!r}, maximum={self.maximum!r}"
             )
-        if not (0 <= self.jitter <= 1 and self.reset_after >= 0):
+        if not (0 <= self.jitter <= 1):
+            raise ValueError(f"Backoff needs 0 <= jitter <= 1, got jitter={self.jitter!r}")
+        if not (self.reset_after >= 0):
             raise ValueError(
-                "Backoff needs 0 <= jitter <= 1 and reset_after >= 0, got "
-                f"jitter={self.jitter}, reset_after={self.reset_after}"
+                f"Backoff needs reset_after >= 0 (math.inf: never), got "
+                f"reset_after={self.reset_after!r}"
             )
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """The delay before restart number ``attempt`` (1 for the first in a row)."""
-        base = min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
+        try:
+            grown = self.initial * self.factor ** max(0, attempt - 1)
+        except OverflowError:
+            # factor ** attempt outgrows a float after enough failures in a row (1024 of
+            # them at the default factor): the cap applies all the same.
+            grown = math.inf
+        base = min(self.maximum, grown)
         return base * (1 - rng.uniform(0, self.jitter))
 
 
@@ -96,11 +115,18 @@ class Intensity:
     period: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.max_restarts < 0 or not self.period > 0:
-            raise ValueError(
-                "Intensity needs max_restarts >= 0 and period > 0, got "
-                f"max_restarts={self.max_restarts}, period={self.period}"
+        if isinstance(self.max_restarts, bool) or not isinstance(self.max_restarts, int):
+            raise TypeError(
+                "Intensity(max_restarts=...) must be an int (a number of restarts), got "
+                f"{self.max_restarts!r}"
             )
+        _check_number("Intensity", "period", self.period)
+        if self.max_restarts < 0:
+            raise ValueError(
+                f"Intensity needs max_restarts >= 0, got max_restarts={self.max_restarts!r}"
+            )
+        if not self.period > 0:  # NaN fails it too; math.inf counts every restart ever
+            raise ValueError(f"Intensity needs period > 0, got period={self.period!r}")
 
 
 @dataclass(frozen=True)
@@ -497,6 +523,7 @@ class Service:
         """Run ``replicas`` copies: start new ones, or stop the highest-numbered ones.
 
         Raises:
+            TypeError: ``replicas`` is not an int.
             ValueError: ``replicas`` < 1.
         """
         _check_replicas(replicas)
@@ -600,33 +627,174 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _check_replicas(replicas: int) -> None:
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-        raise ValueError(f"replicas must be an int >= 1, got {replicas!r}")
+def _check_number(owner: str, name: str, value: object) -> None:
+    """Refuse a ``value`` for ``owner(name=...)`` that is not an int or a float (bools neither)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{owner}({name}=...) must be a number (an int or a float), got {value!r}")
 
 
-def check_supervise_arguments(
-    args: Command | None,
-    target: Callable[..., object] | None,
-    replicas: int,
-    restart: str,
+def _check_replicas(replicas: object) -> None:
+    if isinstance(replicas, bool) or not isinstance(replicas, int):
+        raise TypeError(f"replicas must be an int (the number of copies), got {replicas!r}")
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas!r}")
+
+
+def _check_command(args: object) -> None:
+    """Refuse what Popen would refuse as a command, and a command that a restart cannot reuse."""
+    if isinstance(args, str | bytes | os.PathLike):
+        return
+    if not isinstance(args, Sequence):
+        # An iterator would be used up by the first copy: each restart needs the command again.
+        raise TypeError(
+            "args must be the program as a str, bytes or path, or a sequence (a list) of its "
+            f"arguments, got {args!r}"
+        )
+    if not args:
+        raise ValueError("args is empty: a command needs a program to run (args=['prog', ...])")
+    for arg in args:
+        if not isinstance(arg, str | bytes | os.PathLike):
+            raise TypeError(
+                f"each argument in args must be a str, bytes or path, got {arg!r} in {args!r}"
+            )
+
+
+def _check_start_method(start_method: object) -> None:
+    import multiprocessing  # noqa: PLC0415 - only services of callables need it
+
+    methods = multiprocessing.get_all_start_methods()
+    if not isinstance(start_method, str):
+        raise TypeError(
+            f"start_method must be a str, one of {', '.join(map(repr, methods))}, or None; "
+            f"got {start_method!r}"
+        )
+    if start_method not in methods:
+        raise ValueError(
+            f"start_method must be one of {', '.join(map(repr, methods))} here, or None for "
+            f"multiprocessing's default; got {start_method!r}"
+        )
+
+
+def check_supervise_arguments(  # noqa: PLR0912 - one check per argument, in order
+    *,
+    args: object,
+    target: object,
+    name: object,
+    replicas: object,
+    restart: object,
+    backoff: object,
+    intensity: object,
+    stop_timeout: object,
+    on_event: object,
+    target_args: object,
+    target_kwargs: object,
+    start_method: object,
+    clock: object,
+    rng: object,
+    spawn_kwargs: Mapping[str, object],
 ) -> None:
-    """Refuse bad supervise() arguments at once.
+    """Refuse bad supervise() arguments at once, before anything starts.
 
     Raises:
-        ValueError: Both or neither of ``args`` and ``target``, ``replicas`` < 1, or an unknown
-            restart policy.
+        TypeError: An argument of the wrong type.
+        ValueError: Both or neither of ``args`` and ``target``, ``replicas`` < 1, an unknown
+            restart policy or start method, a negative ``stop_timeout``, an empty ``args`` or
+            ``name``, Popen keywords with ``target``, or ``target_args``, ``target_kwargs`` or
+            ``start_method`` with ``args``.
     """
     if (args is None) == (target is None):
         raise ValueError(
             "supervise() takes a program (args=[...]) or a Python callable (target=...), "
             "exactly one of them"
         )
+    if args is not None:
+        _check_command(args)
+    if target is not None and not callable(target):
+        raise TypeError(f"target must be a callable (a function, say), got {target!r}")
+    if name is not None:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {name!r}")
+        if not name:
+            raise ValueError(
+                "name must not be empty: pass None to name the Service after its program"
+            )
     _check_replicas(replicas)
+    if not isinstance(restart, str):
+        raise TypeError(
+            f"restart must be one of {', '.join(map(repr, RESTART_POLICIES))}, got {restart!r}"
+        )
     if restart not in RESTART_POLICIES:
         raise ValueError(
             f"restart must be one of {', '.join(map(repr, RESTART_POLICIES))}, got {restart!r}"
         )
+    if backoff is not None and not isinstance(backoff, Backoff):
+        raise TypeError(
+            f"backoff must be a Backoff, such as Backoff(initial=0.5, maximum=60), or None for "
+            f"the defaults; got {backoff!r}"
+        )
+    if intensity is not None and not isinstance(intensity, Intensity):
+        raise TypeError(
+            "intensity must be an Intensity, such as Intensity(max_restarts=5, period=60), or "
+            f"None for the defaults; got {intensity!r}"
+        )
+    if stop_timeout is not None:
+        if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, int | float):
+            raise TypeError(
+                f"stop_timeout must be a number of seconds or None (the Reaper's), got "
+                f"{stop_timeout!r}"
+            )
+        if not stop_timeout >= 0:
+            raise ValueError(
+                f"stop_timeout must be >= 0 seconds (math.inf: never SIGKILL), got {stop_timeout!r}"
+            )
+    if on_event is not None and not callable(on_event):
+        raise TypeError(
+            f"on_event must be a callable that takes a ServiceEvent, or None; got {on_event!r}"
+        )
+    if not isinstance(target_args, Sequence) or isinstance(target_args, str | bytes):
+        raise TypeError(
+            f"target_args must be a tuple or list of arguments for target, got {target_args!r}"
+        )
+    if target_kwargs is not None and (
+        not isinstance(target_kwargs, Mapping) or not all(isinstance(k, str) for k in target_kwargs)
+    ):
+        raise TypeError(
+            "target_kwargs must be a dict of keyword arguments (str keys) for target, or None; "
+            f"got {target_kwargs!r}"
+        )
+    if start_method is not None:
+        _check_start_method(start_method)
+    if clock is not None and not (
+        callable(getattr(clock, "now", None)) and callable(getattr(clock, "call_later", None))
+    ):
+        raise TypeError(
+            "clock must have now() and call_later() (see zombiereaper.testing.Clock), such as "
+            f"zombiereaper.testing.ManualClock(), or be None for the real clock; got {clock!r}"
+        )
+    if rng is not None and not isinstance(rng, random.Random):
+        raise TypeError(
+            f"rng must be a random.Random, such as random.Random(7), or None; got {rng!r}"
+        )
+    if target is not None and spawn_kwargs:
+        raise ValueError(
+            f"Popen keywords ({', '.join(spawn_kwargs)}) apply to programs (args=...), "
+            "not to a target callable"
+        )
+    if args is not None:
+        given = [
+            f"{what}=..."
+            for what, value in (
+                ("target_args", target_args),
+                ("target_kwargs", target_kwargs),
+                ("start_method", start_method),
+            )
+            if value  # the defaults, (), None, and empty ones are fine
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} apply to a target callable (target=...), not to a program: "
+                "put the program's arguments in args"
+            )
 
 
 def process_starter(
