@@ -22,6 +22,7 @@ PUBLIC = [
     "Registry",
     "Service",
     "ServiceEvent",
+    "ServiceTimeout",
     "SpawnedChild",
     "StatusLostError",
     "WaitTimeout",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import pickle
 import random
 import signal
 import subprocess
@@ -21,8 +22,10 @@ from zombiereaper import (
     Intensity,
     NotInstalledError,
     Reaper,
+    ReaperError,
     Service,
     ServiceEvent,
+    ServiceTimeout,
 )
 from zombiereaper.testing import ManualClock
 
@@ -655,6 +658,45 @@ def test_blocking_calls_from_on_event_are_refused() -> None:
         assert done.wait(10)
     assert len(caught) == 3
     assert all("reaping thread" in message for message in caught)
+
+
+# --- what the Service says ------------------------------------------------------------------------
+
+
+def test_wait_timeout_names_the_service_and_pickles(reaper: Reaper) -> None:
+    """Service.wait() times out with a ServiceTimeout (a TimeoutError) that has no pid=0."""
+    service = reaper.supervise(SLEEPER, name="web")
+    with pytest.raises(ServiceTimeout) as caught:
+        service.wait(0.01)
+    error = caught.value
+    assert isinstance(error, TimeoutError) and isinstance(error, ReaperError)
+    assert (error.service, error.timeout) == ("web", 0.01)
+    assert not hasattr(error, "pid")
+    assert "'web'" in str(error) and "0.01 s" in str(error)
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is ServiceTimeout
+    assert (copy.service, copy.timeout, str(copy)) == ("web", 0.01, str(error))
+    service.stop()
+
+
+def test_giving_up_says_which_limit_was_hit(reaper: Reaper) -> None:
+    """The gave-up event carries the count, the window and the Intensity, and says them."""
+    events, clock = Events(), ManualClock()
+    intensity = Intensity(max_restarts=2, period=10)
+    service = reaper.supervise(
+        EXIT_ON_INPUT, stdin=subprocess.PIPE, backoff=NO_JITTER, intensity=intensity,
+        clock=clock, on_event=events, name="flaky",
+    )  # fmt: skip
+    for n in (1, 2):
+        _finish(service, 0, 1)
+        clock.advance(events.wait_for("restarting", n).delay or 0)
+        events.wait_for("started", n + 1)
+    _finish(service, 0, 1)  # 0.3 s after the first restart: a third one is too many
+    gave_up = events.wait_for("gave-up")
+    assert (gave_up.restarts, gave_up.intensity) == (3, intensity)
+    assert gave_up.window == pytest.approx(0.3)
+    assert gave_up.describe() == "flaky gave up: 3 restarts in 0.3 s, limit 2 in 10 s"
+    assert service.wait(10) == "failed"
 
 
 def test_a_manual_clock_refuses_to_go_back_or_to_infinity() -> None:

@@ -23,6 +23,7 @@ from ._supervise import Backoff as Backoff
 from ._supervise import Intensity as Intensity
 from ._supervise import Service as Service
 from ._supervise import ServiceEvent as ServiceEvent
+from ._supervise import ServiceTimeout as ServiceTimeout
 
 __all__ = [
     "BackendUnavailableError",
@@ -39,6 +40,7 @@ __all__ = [
     "Registry",
     "Service",
     "ServiceEvent",
+    "ServiceTimeout",
     "SpawnedChild",
     "StatusLostError",
     "WaitTimeout",

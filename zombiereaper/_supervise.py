@@ -8,6 +8,7 @@ each step. Time goes through a Clock, so that tests drive the backoff schedule b
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from . import _engine
 from ._child import on_settled, stop_children
-from ._errors import ReaperError, WaitTimeout
+from ._errors import ReaperError
 
 if TYPE_CHECKING:
     import asyncio
@@ -141,6 +142,10 @@ class ServiceEvent:
         status: How the copy ended (exited).
         delay: Seconds until the restart (restarting).
         time: When it happened, on the Service's clock.
+        restarts: The restarts that the intensity limit counted, the one it refused included
+            (gave-up).
+        window: The seconds between the oldest of those restarts and the refused one (gave-up).
+        intensity: The limit that was hit (gave-up).
     """
 
     kind: EventKind
@@ -150,6 +155,9 @@ class ServiceEvent:
     status: ExitStatus | None = None
     delay: float | None = None
     time: float = 0.0
+    restarts: int | None = None
+    window: float | None = None
+    intensity: Intensity | None = None
 
     def describe(self) -> str:
         """Say what happened in words."""
@@ -162,8 +170,39 @@ class ServiceEvent:
         if self.kind == "restarting":
             return f"{who} restarting in {self.delay:.3g} s"
         if self.kind == "gave-up":
-            return f"{who} gave up: too many restarts"
+            return f"{who} gave up: {self._why_given_up()}"
         return f"{who} stopped"
+
+    def _why_given_up(self) -> str:
+        if self.restarts is None or self.intensity is None:
+            return "too many restarts"
+        plural = "" if self.restarts == 1 else "s"
+        return (
+            f"{self.restarts} restart{plural} in {self.window or 0.0:.3g} s, limit "
+            f"{self.intensity.max_restarts} in {self.intensity.period:g} s"
+        )
+
+
+class ServiceTimeout(ReaperError, TimeoutError):
+    """A Service still ran when :meth:`Service.wait` had waited as long as it was allowed to.
+
+    Attributes:
+        service: The Service's name.
+        timeout: The number of seconds that the wait allowed.
+    """
+
+    def __init__(self, service: str, timeout: float, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or f"service {service!r} still ran after {timeout:g} s; wait again, or stop() it"
+        )
+        self.service = service
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default rebuilds an exception from its args, the message alone here: unpickling
+        # would call ServiceTimeout(message) and fail.
+        return type(self), (self.service, self.timeout, str(self)), self.__dict__
 
 
 # --- clocks ---------------------------------------------------------------------------------------
@@ -365,11 +404,12 @@ class Service:
 
     def _schedule_restart(self, replica: _Replica) -> None:
         now = self._clock.now()
-        window = self._intensity.period
-        while self._restart_times and now - self._restart_times[0] >= window:
+        period = self._intensity.period
+        while self._restart_times and now - self._restart_times[0] >= period:
             self._restart_times.popleft()
         if len(self._restart_times) >= self._intensity.max_restarts:
-            self._give_up()
+            oldest = self._restart_times[0] if self._restart_times else now
+            self._give_up(restarts=len(self._restart_times) + 1, window=now - oldest)
             return
         self._restart_times.append(now)
         if now - replica.started_at >= self._backoff.reset_after:
@@ -398,8 +438,12 @@ class Service:
                 return
             self._update_state()
 
-    def _give_up(self) -> None:
-        self._emit(ServiceEvent("gave-up", self.name))
+    def _give_up(self, restarts: int, window: float) -> None:
+        self._emit(
+            ServiceEvent(
+                "gave-up", self.name, restarts=restarts, window=window, intensity=self._intensity
+            )
+        )
         self._stop_copies(final_state="failed")
 
     def _update_state(self) -> None:
@@ -552,16 +596,17 @@ class Service:
         """Block until the Service is ``stopped`` or ``failed``; return that state.
 
         Raises:
-            WaitTimeout: It still ran after ``timeout`` seconds (a TimeoutError).
+            ServiceTimeout: It still ran after ``timeout`` seconds (a TimeoutError).
             ReaperError: Called from ``on_event`` on the reaping thread.
         """
         if not self._ended.is_set():
             self._refuse_on_reaping_thread("wait()")
         if not self._ended.wait(timeout):
-            raise WaitTimeout(
-                0,
-                0.0 if timeout is None else timeout,
-                f"{self!r} still ran after {timeout:g} s; stop() it, or wait again",
+            assert timeout is not None  # without one, the wait lasts until the end
+            raise ServiceTimeout(
+                self.name,
+                timeout,
+                f"{self!r} still ran after {timeout:g} s; wait again, or stop() it",
             )
         return self._state
 
@@ -587,10 +632,7 @@ class Service:
     # --- events -----------------------------------------------------------------------------
 
     def _emit(self, event: ServiceEvent) -> None:
-        event = ServiceEvent(
-            event.kind, event.service, event.replica, event.pid, event.status, event.delay,
-            self._clock.now(),
-        )  # fmt: skip
+        event = dataclasses.replace(event, time=self._clock.now())
         level = logging.WARNING if event.kind == "gave-up" else logging.INFO
         logger.log(level, "%s", event.describe())
         if self._on_event is not None:
