@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import pickle
 import random
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from zombiereaper import (
     Backoff,
+    Child,
     Intensity,
     NotInstalledError,
     Reaper,
@@ -27,9 +29,9 @@ from zombiereaper import (
     ServiceEvent,
     ServiceTimeout,
 )
-from zombiereaper.testing import ManualClock
+from zombiereaper.testing import Cancellable, ManualClock
 
-from .helpers import FORK_IN_THREADED_PROCESS, sh, zombie_children
+from .helpers import FORK_IN_THREADED_PROCESS, IGNORES_SIGTERM, read_line, sh, zombie_children
 
 NO_JITTER = Backoff(initial=0.1, factor=2.0, maximum=1.0, jitter=0.0, reset_after=5.0)
 
@@ -658,6 +660,167 @@ def test_blocking_calls_from_on_event_are_refused() -> None:
         assert done.wait(10)
     assert len(caught) == 3
     assert all("reaping thread" in message for message in caught)
+
+
+# --- errors inside the machinery end the Service failed, never a silent stall ---------------------
+
+
+class BrokenClock(ManualClock):
+    """A ManualClock whose call_later raises its first ``failures`` times once ``armed``."""
+
+    def __init__(self, failures: int = 1) -> None:
+        super().__init__()
+        self.armed = False
+        self.failures = failures
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
+        if self.armed and self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("the clock broke")
+        return super().call_later(delay, callback)
+
+
+def test_a_clock_that_cannot_schedule_the_restart_fails_the_service(
+    reaper: Reaper, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error scheduling a restart (on the reaping thread) ends the Service failed, told."""
+    events, clock = Events(), BrokenClock()
+    service = reaper.supervise(
+        EXIT_ON_INPUT, stdin=subprocess.PIPE, clock=clock, on_event=events, name="broken"
+    )
+    clock.armed = True
+    _finish(service, 0, 1)
+    assert service.wait(10) == "failed"  # not "running" with nothing running
+    gave_up = events.wait_for("gave-up")
+    assert isinstance(gave_up.error, RuntimeError)
+    assert "RuntimeError: the clock broke" in gave_up.describe()
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+    assert any("broken failed while handling the exit" in r.getMessage() for r in failures)
+
+
+def test_a_clock_that_cannot_schedule_at_all_still_ends_the_service(reaper: Reaper) -> None:
+    """When SIGKILL cannot be scheduled either, a copy ignoring SIGTERM is killed at once."""
+    events, clock = Events(), BrokenClock(failures=2)
+    service = reaper.supervise(
+        IGNORES_SIGTERM, replicas=2, stdout=subprocess.PIPE, clock=clock, on_event=events
+    )
+    stubborn = service.children[1]
+    for child in service.children:
+        assert read_line(child.popen.stdout) == "ready\n"  # type: ignore[union-attr]
+    clock.armed = True
+    service.children[0].kill()  # the restart cannot be scheduled, nor the SIGKILL after it
+    assert service.wait(10) == "failed"
+    assert stubborn.wait(10).signal == signal.SIGKILL
+    assert events.wait_for("gave-up").error is not None
+
+
+def test_an_unexpected_error_starting_a_copy_fails_the_service(
+    reaper: Reaper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart whose start raises something else than an OSError ends the Service failed."""
+    real_spawn = reaper.spawn
+    starts: list[int] = []
+
+    def spawn_once(args: Any, **kwargs: Any) -> Child:
+        starts.append(1)
+        if len(starts) > 1:
+            raise RuntimeError("cannot start a copy")
+        return real_spawn(args, **kwargs)
+
+    monkeypatch.setattr(reaper, "spawn", spawn_once)
+    events, clock = Events(), ManualClock()
+    service = reaper.supervise(
+        EXIT_ON_INPUT, stdin=subprocess.PIPE, backoff=NO_JITTER, clock=clock, on_event=events
+    )
+    _finish(service, 0, 1)
+    clock.advance(events.wait_for("restarting").delay or 0)  # the restart runs (and fails) here
+    assert service.state == "failed"
+    assert service.wait(1) == "failed"
+    assert isinstance(events.wait_for("gave-up").error, RuntimeError)
+    assert clock.pending() == []
+
+
+class _UnclosablePipe:
+    """Stands in for a copy's stdin: closing it fails."""
+
+    def close(self) -> None:
+        raise RuntimeError("cannot close")
+
+
+def test_a_copy_whose_pipes_cannot_be_closed_still_has_its_exit_handled(reaper: Reaper) -> None:
+    """An error closing an exited copy's pipes still handles the exit, then ends failed."""
+    events = Events()
+    service = reaper.supervise(SLEEPER, stdin=subprocess.PIPE, on_event=events)
+    popen = service.children[0].popen
+    assert popen is not None and popen.stdin is not None
+    real_stdin, popen.stdin = popen.stdin, _UnclosablePipe()  # type: ignore[assignment]
+    try:
+        service.children[0].kill()
+        assert service.wait(10) == "failed"
+        assert events.kinds() == ["started", "exited", "restarting", "gave-up"]  # handled first
+        assert isinstance(events.wait_for("gave-up").error, RuntimeError)
+    finally:
+        real_stdin.close()
+
+
+class NoTimeClock(ManualClock):
+    """A ManualClock whose now() raises once ``armed``."""
+
+    armed = False
+
+    def now(self) -> float:
+        if self.armed:
+            raise RuntimeError("no time")
+        return super().now()
+
+
+def test_a_clock_failing_after_a_copy_started_leaves_no_copy_running(reaper: Reaper) -> None:
+    """If the clock fails right after a copy started, supervise() raises and stops that copy."""
+    clock = NoTimeClock()
+    clock.armed = True
+    with pytest.raises(RuntimeError, match="no time"):
+        reaper.supervise(SLEEPER, clock=clock)
+    (status,) = reaper.registry.values()  # the copy was stopped, not left to the Reaper's exit
+    assert status.signal == signal.SIGTERM
+
+
+def test_the_end_is_told_even_when_the_clock_fails(reaper: Reaper) -> None:
+    """A clock whose now() fails during the last exit still lets the Service end and say so."""
+    events, clock = Events(), NoTimeClock()
+    service = reaper.supervise(SLEEPER, restart="never", clock=clock, on_event=events)
+    clock.armed = True
+    service.children[0].kill()
+    assert service.wait(10) == "failed"
+    gave_up = events.wait_for("gave-up")
+    assert math.isnan(gave_up.time)
+    assert isinstance(gave_up.error, RuntimeError)
+
+
+def test_a_restart_weeks_away_does_not_stall_the_reaping_thread(reaper: Reaper) -> None:
+    """A backoff longer than epoll can wait (24.8 days) neither breaks reaping nor restarts."""
+    events = Events()
+    month = 30 * 86_400.0
+    service = reaper.supervise(
+        ["sh", "-c", "exit 1"], backoff=Backoff(initial=month, maximum=month), on_event=events
+    )
+    assert events.wait_for("restarting").delay == pytest.approx(month, rel=0.1)
+    assert reaper.spawn(["true"]).wait(10).returncode == 0  # the reaping thread still reaps
+    assert service.state == "backing-off"
+    service.stop()
+    assert service.state == "stopped"
+
+
+def test_an_infinite_stop_timeout_waits_for_sigterm_without_stalling(reaper: Reaper) -> None:
+    """stop_timeout=math.inf never schedules a SIGKILL the reaping thread could not wait for."""
+    events = Events()
+    service = reaper.supervise(
+        SLEEPER, replicas=2, stop_timeout=math.inf, intensity=Intensity(max_restarts=0),
+        on_event=events,
+    )  # fmt: skip
+    other = service.children[1]
+    service.children[0].kill()  # gives up: SIGTERM to the other copy, SIGKILL never
+    assert service.wait(10) == "failed"
+    assert other.wait(10).signal == signal.SIGTERM
 
 
 # --- what the Service says ------------------------------------------------------------------------

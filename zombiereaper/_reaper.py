@@ -645,7 +645,7 @@ class Reaper:
             intensity: At most this many restarts in this period (:class:`Intensity`
                 defaults: 5 in 60 s).
             stop_timeout: Seconds between SIGTERM and SIGKILL when copies are stopped (None:
-                the Reaper's).
+                the Reaper's; ``math.inf``: never SIGKILL).
             on_event: Called with each :class:`ServiceEvent`; events are also logged.
             target_args: Positional arguments for ``target``.
             target_kwargs: Keyword arguments for ``target``.

@@ -141,11 +141,14 @@ class ServiceEvent:
         pid: The copy's pid (started, exited).
         status: How the copy ended (exited).
         delay: Seconds until the restart (restarting).
-        time: When it happened, on the Service's clock.
+        time: When it happened, on the Service's clock (NaN if the clock itself failed).
         restarts: The restarts that the intensity limit counted, the one it refused included
-            (gave-up).
-        window: The seconds between the oldest of those restarts and the refused one (gave-up).
+            (gave-up, when the limit was hit).
+        window: The seconds between the oldest of those restarts and the refused one
+            (gave-up, when the limit was hit).
         intensity: The limit that was hit (gave-up).
+        error: The unexpected error that ended the Service (gave-up, when the Service failed
+            on an error in its own machinery or its clock instead of hitting the limit).
     """
 
     kind: EventKind
@@ -158,6 +161,7 @@ class ServiceEvent:
     restarts: int | None = None
     window: float | None = None
     intensity: Intensity | None = None
+    error: BaseException | None = None
 
     def describe(self) -> str:
         """Say what happened in words."""
@@ -174,6 +178,11 @@ class ServiceEvent:
         return f"{who} stopped"
 
     def _why_given_up(self) -> str:
+        if self.error is not None:
+            return (
+                f"unexpected error {type(self.error).__name__}: {self.error} (its traceback is "
+                "logged); its copies are stopped"
+            )
         if self.restarts is None or self.intensity is None:
             return "too many restarts"
         plural = "" if self.restarts == 1 else "s"
@@ -235,6 +244,10 @@ class Clock(Protocol):
 # Public in zombiereaper.testing, where users import them from and the docs show them.
 Cancellable.__module__ = Clock.__module__ = "zombiereaper.testing"
 
+#: The longest timer handed to the engine: its epoll waits cannot take more than 2**31 ms
+#: (about 24.8 days; a longer one fails the reaping loop), so longer delays go in steps.
+_LONGEST_TIMER: Final = 86_400.0
+
 
 class EngineClock:
     """The real clock: time.monotonic, and timers run on the reaping thread."""
@@ -247,8 +260,50 @@ class EngineClock:
         return time.monotonic()
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
-        """Run ``callback`` on the reaping thread in ``delay`` seconds."""
-        return self._engine.call_later(delay, callback)
+        """Run ``callback`` on the reaping thread in ``delay`` seconds (never, for infinity)."""
+        if delay <= _LONGEST_TIMER:
+            return self._engine.call_later(delay, callback)
+        return _LongTimer(self._engine, time.monotonic() + delay, callback)
+
+
+class _LongTimer:
+    """A timer further off than the engine's longest wait: re-armed a day at a time.
+
+    An infinite (or NaN) delay never comes due and never wakes the engine at all.
+    """
+
+    def __init__(self, engine: Engine, due: float, callback: Callable[[], None]) -> None:
+        self._engine = engine
+        self._due = due
+        self._callback = callback
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._step: Cancellable | None = None
+        if math.isfinite(due):
+            self._arm()
+
+    def _arm(self) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            remaining = self._due - time.monotonic()
+            if remaining <= _LONGEST_TIMER:
+                self._step = self._engine.call_later(remaining, self._fire)
+            else:
+                self._step = self._engine.call_later(_LONGEST_TIMER, self._arm)
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+        self._callback()
+
+    def cancel(self) -> None:
+        """Keep it from running."""
+        with self._lock:
+            self._cancelled = True
+            if self._step is not None:
+                self._step.cancel()
 
 
 # --- the service ----------------------------------------------------------------------------------
@@ -361,22 +416,30 @@ class Service:
         """Start one copy into ``replica`` (with the lock held)."""
         replica.timer = None
         child = self._start()
+        # Followed before anything else can fail (the clock, say): a copy that runs is always
+        # one that a stop reaches and whose exit is handled.
         replica.child = child
-        replica.started_at = self._clock.now()
         self._unhandled.add(child)
-        self._emit(ServiceEvent("started", self.name, replica.index, pid=child.pid))
         on_settled(child, lambda done: self._on_exit(replica, done))
+        replica.started_at = self._clock.now()
+        self._emit(ServiceEvent("started", self.name, replica.index, pid=child.pid))
 
     def _on_exit(self, replica: _Replica, child: Child) -> None:
-        _close_pipes(child)
-        with self._lock:
+        try:
             try:
-                self._handle_exit(replica, child)
+                _close_pipes(child)
             finally:
-                self._unhandled.discard(child)
-                if self._ending is not None and not self._unhandled and not self._final:
-                    self._finish(self._ending)
-                self._handled.notify_all()
+                # Whatever fails, the exit counts as handled: a stop waits for every one.
+                with self._lock:
+                    try:
+                        self._handle_exit(replica, child)
+                    finally:
+                        self._unhandled.discard(child)
+                        if self._ending is not None and not self._unhandled and not self._final:
+                            self._finish(self._ending)
+                        self._handled.notify_all()
+        except Exception as err:
+            self._fail(err, f"handling the exit of {self.name}[{replica.index}] pid {child.pid}")
 
     def _handle_exit(self, replica: _Replica, child: Child) -> None:
         status = child.status
@@ -422,21 +485,24 @@ class Service:
         self._emit(ServiceEvent("restarting", self.name, replica.index, delay=delay))
 
     def _restart(self, replica: _Replica) -> None:
-        with self._lock:
-            if self._final or self._ending is not None or replica.child is not None:
-                return
-            if replica not in self._replicas:
-                return
-            self._restarts += 1
-            try:
-                self._launch(replica)
-            except ReaperError:
-                return  # its Reaper is being uninstalled: the Service is about to stop
-            except OSError:
-                logger.exception("%s[%d] could not be restarted", self.name, replica.index)
-                self._schedule_restart(replica)
-                return
-            self._update_state()
+        try:
+            with self._lock:
+                if self._final or self._ending is not None or replica.child is not None:
+                    return
+                if replica not in self._replicas:
+                    return
+                self._restarts += 1
+                try:
+                    self._launch(replica)
+                except ReaperError:
+                    return  # its Reaper is being uninstalled: the Service is about to stop
+                except OSError:
+                    logger.exception("%s[%d] could not be restarted", self.name, replica.index)
+                    self._schedule_restart(replica)
+                    return
+                self._update_state()
+        except Exception as err:
+            self._fail(err, f"restarting {self.name}[{replica.index}]")
 
     def _give_up(self, restarts: int, window: float) -> None:
         self._emit(
@@ -445,6 +511,31 @@ class Service:
             )
         )
         self._stop_copies(final_state="failed")
+
+    def _fail(self, error: Exception, doing: str) -> None:
+        """End the Service ``failed`` after an unexpected error in its own machinery.
+
+        It ran on the reaping thread or in a timer, where nobody would hear of it: without
+        this, the Service would go on saying "running" with nothing running or scheduled.
+        Nothing here blocks and nothing is raised.
+        """
+        logger.error(
+            "%s failed while %s; it stops its copies and ends failed",
+            self.name,
+            doing,
+            exc_info=error,
+        )
+        with self._lock:
+            if self._final or self._ending is not None:
+                return  # a stop is under way: it ends the Service as it was asked to
+            self._emit(ServiceEvent("gave-up", self.name, error=error), clock_may_fail=True)
+            try:
+                self._stop_copies(final_state="failed", block=False)
+            except Exception:
+                # Say so and end: the copies left running are the Reaper's, stopped with it.
+                logger.exception("%s could not stop its copies", self.name)
+                if not self._final:
+                    self._finish("failed")
 
     def _update_state(self) -> None:
         if self._final or self._ending is not None:
@@ -460,17 +551,20 @@ class Service:
     def _finish(self, state: ServiceState) -> None:
         self._final = True
         self._state = state
-        if self._killer is not None:
-            self._killer.cancel()
-        if state == "stopped":
-            self._emit(ServiceEvent("stopped", self.name))
-        self._ended.set()
-        waiters, self._async_waiters = self._async_waiters, []
-        for loop, future in waiters:
-            try:
-                loop.call_soon_threadsafe(_wake, future)
-            except RuntimeError:
-                pass  # that event loop is closed
+        try:
+            if self._killer is not None:
+                self._killer.cancel()
+            if state == "stopped":
+                self._emit(ServiceEvent("stopped", self.name), clock_may_fail=True)
+        finally:
+            # Whatever failed above, the waiters must learn that the Service has ended.
+            self._ended.set()
+            waiters, self._async_waiters = self._async_waiters, []
+            for loop, future in waiters:
+                try:
+                    loop.call_soon_threadsafe(_wake, future)
+                except RuntimeError:
+                    pass  # that event loop is closed
 
     # --- control ------------------------------------------------------------------------------
 
@@ -483,13 +577,16 @@ class Service:
         """
         self._stop_copies(final_state="stopped", timeout=timeout)
 
-    def _stop_copies(self, final_state: ServiceState, timeout: float | None = None) -> None:
+    def _stop_copies(
+        self, final_state: ServiceState, timeout: float | None = None, *, block: bool = True
+    ) -> None:
         """Stop every copy and end in ``final_state`` once all their exits are handled.
 
         A stop already under way (a give-up, say) keeps its final state: this only waits.
-        From the reaping thread nothing blocks: SIGTERM now, SIGKILL from a timer.
+        From the reaping thread, or without ``block``, nothing blocks: SIGTERM now, SIGKILL
+        from a timer.
         """
-        on_reaping_thread = _engine.is_reaping_thread()
+        nonblocking = _engine.is_reaping_thread() or not block
         with self._lock:
             if self._final:
                 return
@@ -499,31 +596,48 @@ class Service:
                 self._state = "stopping"
                 for replica in self._replicas:
                     if replica.timer is not None:
-                        replica.timer.cancel()
+                        try:
+                            replica.timer.cancel()
+                        except Exception:
+                            # Harmless once _ending is set: a restart that runs does nothing.
+                            logger.exception("%s could not cancel a restart", self.name)
                         replica.timer = None
             children = list(self._unhandled)
             if not children:
                 self._finish(self._ending or final_state)
                 return
         grace = timeout if timeout is not None else self._stop_timeout
-        if on_reaping_thread:
+        if nonblocking:
             if not already:
                 for child in children:
                     child.terminate()
                 kill_after = grace if grace is not None else self._reaper.stop_timeout
-
-                def kill_the_stubborn() -> None:
-                    for child in children:
-                        child.kill()  # a no-op for those already reaped
-
-                with self._lock:
-                    self._killer = self._clock.call_later(kill_after, kill_the_stubborn)
+                self._kill_later(children, kill_after)
             return
         if not already:
             stop_children(children, grace if grace is not None else self._reaper.stop_timeout)
         with self._handled:
             # Returns once every exit has been handled: events told, pipes closed.
             self._handled.wait_for(lambda: self._final)
+
+    def _kill_later(self, children: list[Child], delay: float) -> None:
+        """Send SIGKILL to those of ``children`` that still run in ``delay`` seconds."""
+
+        def kill_the_stubborn() -> None:
+            for child in children:
+                try:
+                    child.kill()  # a no-op for those already reaped
+                except Exception:
+                    logger.exception("%s could not kill pid %d", self.name, child.pid)
+
+        with self._lock:
+            try:
+                self._killer = self._clock.call_later(delay, kill_the_stubborn)
+            except Exception:
+                # Without the timer nothing would ever kill a copy that ignores SIGTERM, and
+                # the Service would stay "stopping": kill them now instead.
+                logger.exception("%s could not schedule SIGKILL; sending it now", self.name)
+                kill_the_stubborn()
 
     def _refuse_on_reaping_thread(self, what: str) -> None:
         if _engine.is_reaping_thread():
@@ -631,8 +745,20 @@ class Service:
 
     # --- events -----------------------------------------------------------------------------
 
-    def _emit(self, event: ServiceEvent) -> None:
-        event = dataclasses.replace(event, time=self._clock.now())
+    def _emit(self, event: ServiceEvent, *, clock_may_fail: bool = False) -> None:
+        """Log ``event`` and tell ``on_event``, stamped with the clock's time.
+
+        With ``clock_may_fail`` (on the way to a final state), a clock that raises is logged
+        and the event told with a NaN time: the end of the Service must be told all the same.
+        """
+        try:
+            now = self._clock.now()
+        except Exception:
+            if not clock_may_fail:
+                raise
+            logger.exception("%s: the clock's now() failed", self.name)
+            now = math.nan
+        event = dataclasses.replace(event, time=now)
         level = logging.WARNING if event.kind == "gave-up" else logging.INFO
         logger.log(level, "%s", event.describe())
         if self._on_event is not None:
