@@ -15,6 +15,7 @@ from zombiereaper import (
     NotOurChildError,
     Reaper,
     ReaperError,
+    ServiceTimeout,
     StatusLostError,
     WaitTimeout,
 )
@@ -26,6 +27,7 @@ SAMPLES: dict[str, BaseException] = {
     "NotInstalledError": NotInstalledError("install the Reaper first"),
     "NotOurChildError": NotOurChildError(1234, "pid 1234 is not a child of this process"),
     "ReaperError": ReaperError("the reaping engine has stopped"),
+    "ServiceTimeout": ServiceTimeout("web", 2.5),
     "StatusLostError": StatusLostError(1234),
     "WaitTimeout": WaitTimeout(1234, 0.5),
 }

@@ -45,6 +45,7 @@ LAYERS = [
     "zombiereaper._demo",
     "zombiereaper._init",
     "zombiereaper._cli",
+    "zombiereaper.testing",
     "zombiereaper.pytest_plugin",
     "zombiereaper",
     "zombiereaper.__main__",

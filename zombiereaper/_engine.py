@@ -56,6 +56,9 @@ _EPOLL_MAX_EVENTS = 256
 #: After a failure of the loop itself, pause this long so that one that repeats cannot spin.
 _FAILURE_PAUSE = 0.1
 
+#: The longest single wait of the loop, in seconds (epoll's limit is 24.8 days).
+_LONGEST_WAIT = 86_400.0
+
 
 class Engine:
     """The reaping thread and what it watches; use :func:`acquire` and :func:`release`."""
@@ -450,9 +453,15 @@ class Engine:
             timeouts.append(self._all_schedule.timeout(now))
             if self._all_deadline is not None:
                 timeouts.append(max(0.0, self._all_deadline - now))
+        self._drop_cancelled_timers()
         if self._timers:
             timeouts.append(max(0.0, self._timers[0].deadline - now))
-        woken = self._wait(min((t for t in timeouts if t is not None), default=None))
+        timeout = min((t for t in timeouts if t is not None), default=None)
+        if timeout is not None:
+            # epoll cannot wait longer than 2**31 ms (24.8 days); a timer further off (or
+            # never: an infinite delay) is simply looked at again after a day.
+            timeout = min(timeout, _LONGEST_WAIT)
+        woken = self._wait(timeout)
         if self._stopping:
             return
         now = time.monotonic()
@@ -493,6 +502,12 @@ class Engine:
             if reader is not None:
                 self._call_logged(reader)
         return woken
+
+    def _drop_cancelled_timers(self) -> None:
+        """Drop cancelled timers at the head of the heap: they must not shorten the wait."""
+        with self._lock:
+            while self._timers and self._timers[0].cancelled:
+                heapq.heappop(self._timers)
 
     def _run_due_timers(self, now: float) -> None:
         while True:

@@ -208,11 +208,6 @@ class ServiceTimeout(ReaperError, TimeoutError):
         self.service = service
         self.timeout = timeout
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # The default rebuilds an exception from its args, the message alone here: unpickling
-        # would call ServiceTimeout(message) and fail.
-        return type(self), (self.service, self.timeout, str(self)), self.__dict__
-
 
 # --- clocks ---------------------------------------------------------------------------------------
 
