@@ -710,3 +710,15 @@ def test_spawn_of_an_empty_command_raises_value_error_like_spawn_detached() -> N
             reaper.spawn_detached([])
         assert str(spawned.value) == str(detached.value)
         assert reaper.children == ()
+
+
+def test_a_timer_beyond_what_epoll_can_wait_does_not_stop_the_reaping_thread() -> None:
+    """A timer days away (past epoll's 24.8-day limit) or never due leaves reaping working."""
+    import math
+
+    from .internals import call_later
+
+    with Reaper() as reaper:
+        call_later(math.inf, lambda: None)
+        call_later(40 * 86_400.0, lambda: None)
+        assert reaper.spawn(sh("exit 4")).wait(10).returncode == 4
