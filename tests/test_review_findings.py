@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from zombiereaper import ExitStatus, Reaper
+from zombiereaper._orphans import AllScope, Ownership
 
 from . import internals
 from .helpers import HAS_PIDFD, eventually, py, read_line
@@ -292,6 +293,44 @@ def test_on_exit_runs_once_for_a_child_watched_after_the_all_scope_saw_it_exit()
         assert child.wait(STEP).returncode == 5
         assert settled.wait(STEP)
     assert [s.returncode for s in statuses] == [5], f"on_exit ran for {statuses}"
+
+
+class _Records:
+    """An OrphanSink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.recorded: list[ExitStatus] = []
+
+    def record(self, status: ExitStatus) -> None:
+        self.recorded.append(status)
+
+    def announce(self, status: ExitStatus) -> None:
+        pass
+
+
+@pytest.mark.parametrize("reaped_first", [False, True], ids=["zombie", "reaped"])
+def test_the_sweeps_record_of_a_child_stays_while_a_reaper_owns_it(reaped_first: bool) -> None:
+    """A sweep between watch() and the child's settling keeps the record that take_over() needs.
+
+    The all-scope sweep forgot the record of every zombie it no longer listed; a child watch()ed
+    within its grace is owned, so no longer listed (or already reaped), and a sweep in between
+    made its settling run on_exit a second time (a CI failure on 3.13).
+    """
+    popen = subprocess.Popen(["/bin/sh", "-c", "exit 5"])
+    try:
+        eventually(lambda: _is_zombie(popen.pid), STEP, "the child to exit")
+        nobody = Ownership(owned=frozenset(), our_fds=frozenset(), spawning_since=None)
+        owned = Ownership(owned=frozenset({popen.pid}), our_fds=frozenset(), spawning_since=None)
+        scope = AllScope(_Records(), grace=30.0)
+        recorded, _ = scope.sweep(time.monotonic(), lambda: nobody)
+        assert [s.returncode for s in recorded] == [5]
+        if reaped_first:
+            assert popen.wait(STEP) == 5  # the Reaper that watches it reaped it
+        scope.sweep(time.monotonic(), lambda: owned)  # the pid is a Reaper's now
+        assert scope.take_over(recorded[0]), "the sweep forgot that it recorded this exit"
+        assert not scope.take_over(recorded[0]), "a record is taken over once"
+    finally:
+        popen.wait(STEP)
 
 
 # --- 2c. all scope: starved by back-to-back spawns -----------------------------------------------

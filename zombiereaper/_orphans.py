@@ -206,7 +206,7 @@ class AllScope:
         with self._lock:
             if not _process.has_zombie_child():
                 self._next_look.clear()
-                self._recorded.clear()
+                self._forget_records(keep=set(), owned=ownership().owned)
                 return [], None
             before = ownership()
             # Owned children are skipped unread: the cost stays with the zombies, not with
@@ -225,7 +225,7 @@ class AllScope:
             if only is None:
                 present = {z.key for z in zombies}
                 self._next_look = {k: t for k, t in self._next_look.items() if k in present}
-                self._recorded = {k: s for k, s in self._recorded.items() if k in present}
+                self._forget_records(keep=present, owned=before.owned | after.owned)
             recorded = [status for z in zombies if (status := self._record_once(z)) is not None]
             due = [
                 z
@@ -236,6 +236,15 @@ class AllScope:
                 self._settle(due, after.our_fds, now)
             deadlines = [*self._next_look.values(), *([now + _HOLD_RETRY] if held else [])]
             return recorded, min(deadlines, default=None)
+
+    def _forget_records(self, keep: set[tuple[int, int]], owned: frozenset[int]) -> None:
+        """Drop the records of zombies gone, except those of pids a Reaper owns now.
+
+        A child watch()ed within its grace is owned (so no longer listed) and may even be
+        reaped already, yet its record must stay until :meth:`take_over` takes it, or its
+        ``on_exit`` would run a second time.
+        """
+        self._recorded = {k: s for k, s in self._recorded.items() if k in keep or k[0] in owned}
 
     def _record_once(self, zombie: _linux.ProcStat) -> ExitStatus | None:
         if zombie.key in self._recorded:

@@ -85,10 +85,14 @@ def collect() -> list[Example]:
 
 def check_types(examples: list[Example], directory: Path) -> list[str]:
     """Write the examples to ``directory`` and run ``mypy --strict`` on them."""
+    paths = []
     for example in examples:
-        (directory / example.module_name).write_text(example.code, encoding="utf-8")
+        path = directory / example.module_name
+        path.write_text(example.code, encoding="utf-8")
+        paths.append(str(path))
+    # The files written now, not the directory: a kept one may hold older examples.
     done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(directory)],
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", *paths],
         capture_output=True,
         text=True,
         check=False,
