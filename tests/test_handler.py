@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import signal
 import subprocess
 import threading
@@ -103,29 +104,62 @@ def test_sig_ign_from_a_thread_is_refused_with_the_fix() -> None:
     assert _engine.current() is None
 
 
+#: rt_sigtimedwait's system call number, as /proc/<tid>/syscall shows it.
+RT_SIGTIMEDWAIT = {"x86_64": 128, "aarch64": 137}.get(platform.machine())
+
+
+def _in_syscall(tid: int, number: int) -> bool:
+    try:
+        with open(f"/proc/self/task/{tid}/syscall", encoding="ascii") as file:
+            return file.read().split(" ", 1)[0] == str(number)
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(RT_SIGTIMEDWAIT is None, reason="needs the rt_sigtimedwait syscall number")
 def test_exit_is_recorded_while_the_main_thread_sits_in_a_long_c_call(
     backend: str, counting_handler: CountingHandler
 ) -> None:
-    """With the main thread blocked in sigtimedwait (no Python handler runs), exits are recorded."""
-    main_ident = threading.main_thread().ident
-    assert main_ident is not None
+    """With the main thread blocked in sigtimedwait (no Python handler runs), exits are recorded.
+
+    The child exits only once the main thread sits in the C call: a SIGCHLD that another
+    thread (pytest-xdist's, say) takes would otherwise run the Python handler before it.
+    """
+    assert RT_SIGTIMEDWAIT is not None
+    main = threading.main_thread()
+    assert main.ident is not None and main.native_id is not None
+    main_ident, main_tid = main.ident, main.native_id
     heard: list[ExitStatus] = []
+    handler_calls_at_exit: list[int] = []
 
     def on_exit(status: ExitStatus) -> None:
         heard.append(status)
+        handler_calls_at_exit.append(counting_handler.calls)  # the main thread still waits
         signal.pthread_kill(main_ident, signal.SIGUSR1)
 
     blocked = {signal.SIGCHLD, signal.SIGUSR1}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
         with Reaper(backend=backend, on_exit=on_exit) as reaper:  # type: ignore[arg-type]
+            child = reaper.spawn(sh("read line; exit 12"), stdin=subprocess.PIPE)
+            stdin = child.popen.stdin
+            assert stdin is not None
             calls_before = counting_handler.calls
-            child = reaper.spawn(sh("exit 12"))
+
+            def release_once_main_waits() -> None:
+                eventually(lambda: _in_syscall(main_tid, RT_SIGTIMEDWAIT), 20, "sigtimedwait")
+                stdin.write(b"go\n")
+                stdin.close()
+
+            releaser = threading.Thread(target=release_once_main_waits)
+            releaser.start()
             # A C call that runs no Python until SIGUSR1 comes from on_exit on the reaping thread.
-            info = signal.sigtimedwait([signal.SIGUSR1], 20)
+            info = signal.sigtimedwait([signal.SIGUSR1], 30)
+            releaser.join(10)
             assert info is not None, "the exit was not recorded while the main thread was blocked"
             assert heard[0].pid == child.pid and heard[0].returncode == 12
-            assert counting_handler.calls == calls_before  # no Python-level handler ran meanwhile
+            # No Python-level handler had run when the exit was recorded.
+            assert handler_calls_at_exit == [calls_before]
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 

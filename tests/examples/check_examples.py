@@ -9,7 +9,8 @@ named ``file:line``. A MyST comment line right above a block can say how to run 
     % example: exit 3
     % example: skip why it cannot run here
 
-An example runs as ``python -W error FILE [argv]`` in a fresh directory, with a 60 s timeout;
+An example runs as ``python -W error FILE [argv]`` in a fresh directory, with a 60 s timeout
+(one that defines ``test_`` functions runs under ``python -W error -m pytest``);
 it must exit 0 (or the code given) and leave no child behind: this process is a child
 subreaper while the examples run, so a leaked orphan comes back here and is caught.
 """
@@ -52,6 +53,13 @@ class Example:
     def name(self) -> str:
         """``file:line``, as a reader finds it."""
         return f"{self.source.relative_to(ROOT)}:{self.line}"
+
+    @property
+    def runner(self) -> list[str]:
+        """How to run it: a test module under pytest (which fails if no test ran)."""
+        if re.search(r"^def test_", self.code, re.M):
+            return ["-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        return []
 
     @property
     def module_name(self) -> str:
@@ -118,7 +126,7 @@ def run(example: Example, directory: Path) -> str | None:
     workdir = Path(tempfile.mkdtemp(dir=directory))
     try:
         done = subprocess.run(
-            [sys.executable, "-W", "error", str(path), *example.argv],
+            [sys.executable, "-W", "error", *example.runner, str(path), *example.argv],
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
@@ -204,6 +212,9 @@ def main() -> int:
     options = parser.parse_args()
     both = not (options.types or options.run)
     examples = collect()
+    if not examples:
+        print("no examples found: is this run from the project's root?", file=sys.stderr)
+        return 1
     directory = options.keep or Path(tempfile.mkdtemp(prefix="zr-examples-"))
     directory.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
