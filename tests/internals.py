@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from zombiereaper import Child, _engine, _sighandler
+from zombiereaper import Child, _engine, _process, _sighandler
 from zombiereaper._backends.pidfd import PidfdMonitor
 from zombiereaper._child import on_settled
 from zombiereaper._watch import Watch
@@ -114,3 +114,8 @@ def relay_socket_names() -> set[str]:
         return {f"socket:[{os.fstat(relay.fileno()).st_ino}]"}
     except OSError:
         return set()  # closed meanwhile
+
+
+def force_no_recovery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Act as a kernel that keeps no exit status on a pidfd (before Linux 6.15)."""
+    monkeypatch.setattr(_process, "can_recover_stolen_status", lambda: False)

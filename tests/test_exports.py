@@ -26,6 +26,7 @@ PUBLIC = [
     "SpawnedChild",
     "StatusLostError",
     "WaitTimeout",
+    "can_recover_stolen_status",
     "can_use_pidfd",
     "decode_wait_status",
 ]

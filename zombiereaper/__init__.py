@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._backends import can_recover_stolen_status as can_recover_stolen_status
 from ._backends import can_use_pidfd as can_use_pidfd
 from ._child import Child as Child
 from ._child import CompletedRun as CompletedRun
@@ -44,6 +45,7 @@ __all__ = [
     "SpawnedChild",
     "StatusLostError",
     "WaitTimeout",
+    "can_recover_stolen_status",
     "can_use_pidfd",
     "decode_wait_status",
 ]

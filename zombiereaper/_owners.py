@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import _process
 from ._backends import Sentinel, open_ref
-from ._process import ProcessGone, ProcessRef
+from ._process import Away, ProcessGone, ProcessRef
 from ._status import ExitStatus, decode_wait_status
 from ._watch import RETRY, RUNNING, Known, Retry
 
@@ -131,10 +131,33 @@ class PopenSource:
         try:
             raw = notice.peek()
         except ProcessGone:
-            return self.read_gone()
+            return self._read_taken(notice)
         if raw is None:
             return RUNNING
         return self._reap_under_popen_lock(notice, raw)
+
+    def _read_taken(self, notice: ProcessRef) -> Outcome:
+        """Another wait reaped the child: the kernel's record of it, else what Popen stored.
+
+        The kernel's record (Linux 6.15+) is exact whoever reaped it, where Popen stores 0 if
+        a stranger's wait took the status first (its waitpid saw ECHILD): Popen gets the
+        real code then.
+        """
+        raw = notice.recover()
+        if isinstance(raw, Away):
+            return RUNNING  # the pidfd comes back from the relay in a moment: read it then
+        if raw is None:
+            return self.read_gone()
+        popen = self.popen
+        lock = _popen_lock(popen)
+        if lock is not None and not lock.acquire(timeout=_OWNER_LOCK_WAIT):
+            return RETRY
+        try:
+            popen.returncode = os.waitstatus_to_exitcode(raw)
+        finally:
+            if lock is not None:
+                lock.release()
+        return decode_wait_status(self.pid, raw)
 
     def _reap_under_popen_lock(self, notice: ProcessRef, raw: int) -> Outcome:
         popen = self.popen
@@ -270,7 +293,7 @@ class ProcessSource:
         try:
             raw = notice.peek()
         except ProcessGone:
-            return self.read_gone()
+            return self._read_taken(notice)
         if raw is None:
             return RUNNING
         status = decode_wait_status(self._pid, raw)
@@ -279,6 +302,21 @@ class ProcessSource:
             notice.reap()
         except ProcessGone:
             pass  # its join() reaped it in between: the status is the same
+        return status
+
+    def _read_taken(self, notice: ProcessRef) -> Outcome:
+        """Reaped by its join(), or by a stranger's wait (the Process then keeps None forever).
+
+        The kernel's record, where it keeps one (Linux 6.15+), is exact either way, and the
+        Process gets it; else what its join() stored.
+        """
+        raw = notice.recover()
+        if isinstance(raw, Away):
+            return RUNNING  # the pidfd comes back from the relay in a moment: read it then
+        if raw is None:
+            return self.read_gone()
+        status = decode_wait_status(self._pid, raw)
+        store_exit_in_process(self._mp_popen, status)
         return status
 
     def _read_forkserver_exit(self, sentinel: Sentinel) -> Outcome:
@@ -432,7 +470,11 @@ class PidSource:
         try:
             raw = notice.reap()
         except ProcessGone:
-            return None  # somebody else's waitpid took it
+            # Somebody else's waitpid took it: the kernel may still have its status.
+            recovered = notice.recover()
+            if isinstance(recovered, Away):
+                return RUNNING  # the pidfd comes back from the relay in a moment
+            return None if recovered is None else decode_wait_status(self._pid, recovered)
         return RUNNING if raw is None else decode_wait_status(self._pid, raw)
 
     def send_signal(self, notice: Notice, sig: int, group: bool) -> bool:

@@ -26,9 +26,14 @@ The errnos, once for all the functions below:
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import os
+import select
 import signal
+import struct
+import threading
+import time
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from . import _fds, _linux
@@ -45,6 +50,15 @@ REAP: Final = os.WEXITED | os.WNOHANG
 
 #: pidfd_send_signal flag (Linux 6.9): signal the process group whose id is the pidfd's pid.
 PIDFD_SIGNAL_PROCESS_GROUP: Final = 1 << 2
+
+#: ioctl(pidfd, PIDFD_GET_INFO, struct pidfd_info): _IOWR(0xFF, 11, 64 bytes) (Linux 6.13).
+PIDFD_GET_INFO: Final = 0xC040FF0B
+#: pidfd_info.mask bit (Linux 6.15): exit_code holds the raw wait status of a reaped process.
+PIDFD_INFO_EXIT: Final = 1 << 3
+#: pidfd_open flag (Linux 6.9): a pidfd for one thread (O_EXCL's value).
+PIDFD_THREAD: Final = os.O_EXCL
+#: struct pidfd_info: u64 mask at 0, ..., s32 exit_code at 60, 64 bytes in all (VER0).
+_PIDFD_INFO: Final = struct.Struct("=Q52xi")
 
 #: pidfd_open failures that mean "out of descriptors or memory", not "no such process".
 OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
@@ -105,6 +119,76 @@ def can_signal_group_by_pidfd() -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def exit_after_reap(fd: int) -> int | None:
+    """The raw wait status that the kernel keeps for the process behind ``fd`` once reaped.
+
+    Linux 6.15 keeps it on the pidfd whoever reaped the process (PIDFD_INFO_EXIT), so a
+    status that another waiter took can still be read through a pidfd opened before.
+
+    Returns:
+        The raw status; None while the process is unreaped, or where the kernel keeps none
+        (ENOTTY before 6.13, no PIDFD_INFO_EXIT in the answer before 6.15).
+    """
+    buffer = bytearray(_PIDFD_INFO.size)
+    _PIDFD_INFO.pack_into(buffer, 0, PIDFD_INFO_EXIT, 0)
+    try:
+        fcntl.ioctl(fd, PIDFD_GET_INFO, buffer, True)
+    except OSError:
+        return None  # ENOTTY, EINVAL (an older pidfd_info), ESRCH: nothing kept
+    mask, raw = _PIDFD_INFO.unpack(buffer)
+    return raw if mask & PIDFD_INFO_EXIT else None
+
+
+#: How long the probe gives an ended thread's pidfd to show its exit (the kernel releases the
+#: thread a moment after it is joined; a kernel without PIDFD_INFO_EXIT never shows one).
+_PROBE_PATIENCE: Final = 0.1
+
+
+@functools.cache
+def can_recover_stolen_status() -> bool:
+    """Probe once whether a pidfd keeps its process's exit status after it was reaped.
+
+    Linux 6.15+ does (PIDFD_INFO_EXIT): with the pidfd backend, a child whose status another
+    waiter took is then reported with its exact status instead of StatusLostError. The probe
+    starts no process: it asks the pidfd of a thread of its own (PIDFD_THREAD, 6.9) that has
+    ended, which the kernel keeps the same way.
+    """
+    if not can_use_pidfd():
+        return False
+    started = threading.Event()
+    release = threading.Event()
+    tid: list[int] = []
+
+    def target() -> None:
+        tid.append(threading.get_native_id())
+        started.set()
+        release.wait()
+
+    thread = threading.Thread(target=target, name="zombiereaper-probe", daemon=True)
+    thread.start()
+    started.wait()
+    try:
+        with _fds.step():
+            fd = os.pidfd_open(tid[0], PIDFD_THREAD)
+            _fds.track(fd)
+    except OSError:
+        return False  # EINVAL before Linux 6.9: no thread pidfds, and no exit info (6.15)
+    finally:
+        release.set()
+        thread.join()
+    born = _fds.generation()
+    try:
+        select.select([fd], [], [], _PROBE_PATIENCE)  # readable once the thread has exited
+        deadline = time.monotonic() + _PROBE_PATIENCE
+        while exit_after_reap(fd) is None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
+    finally:
+        _fds.close(fd, born)
 
 
 # --- plain calls by pid ------------------------------------------------------------------
@@ -309,13 +393,15 @@ class ProcessRef:
         pid: The child's pid.
     """
 
-    __slots__ = ("_born", "_fd", "_start", "pid")
+    __slots__ = ("_born", "_fd", "_lent", "_start", "pid")
 
     def __init__(self, pid: int, fd: int | None, start: int | None) -> None:
         self.pid = pid
         self._fd = fd
         self._start = start
         self._born = _fds.generation()
+        #: The pidfd is at the relay (lend() gave it up, and it has not come back yet).
+        self._lent = False
 
     @classmethod
     def open(cls, pid: int, *, pidfd: bool) -> ProcessRef:
@@ -412,6 +498,20 @@ class ProcessRef:
             raise ProcessGone(self.pid)
         return raw
 
+    def recover(self) -> int | Away | None:
+        """The raw wait status of this process after another waiter reaped it, if kept.
+
+        Only through a pidfd held since before the reap, on a kernel that keeps the status
+        (see :func:`can_recover_stolen_status`); None otherwise, and while it is unreaped.
+        AWAY while the pidfd is lent to the relay: it comes back once the process has exited
+        (or the relay is declared gone, and then there is nothing to read), so ask again then.
+        """
+        if not can_recover_stolen_status():
+            return None
+        if self._fd is None:
+            return AWAY if self._lent else None
+        return exit_after_reap(self._fd)
+
     # --- signals --------------------------------------------------------------------------
 
     def send_signal(self, sig: int, *, group: bool = False) -> bool:
@@ -472,13 +572,19 @@ class ProcessRef:
         except OSError:  # ECHILD: reaped; EMFILE: /proc unreadable
             return None
         # Running at the peek, after the read: the read was of this process.
-        self._fd, self._start = None, start
+        self._fd, self._start, self._lent = None, start, True
         return fd
 
-    def take_back(self, fd: int) -> None:
-        """Own a pidfd for this process again (the relay returned it, under another number)."""
-        self._fd = fd
-        self._born = _fds.generation()
+    def take_back(self, fd: int | None) -> None:
+        """Own a pidfd for this process again (the relay returned it, under another number).
+
+        None: it will never come back (the relay is gone, or had no room to send it); the
+        process stays named by pid and start time.
+        """
+        self._lent = False
+        if fd is not None:
+            self._fd = fd
+            self._born = _fds.generation()
 
     def close(self) -> None:
         """Close the pidfd (if one is held); the ref still names the process by pid."""
@@ -527,6 +633,16 @@ def _start_time_of_child(pid: int) -> int | None:
             return None
 
     return _with_room(exact, degraded)
+
+
+class Away:
+    """The marker for "its pidfd is at the relay: ask again once it is back" (see recover)."""
+
+    def __repr__(self) -> str:
+        return "AWAY"
+
+
+AWAY: Final = Away()
 
 
 class _Gone:

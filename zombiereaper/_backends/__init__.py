@@ -37,6 +37,7 @@ __all__ = [
     "BackendName",
     "Monitors",
     "Sentinel",
+    "can_recover_stolen_status",
     "can_use_pidfd",
     "open_ref",
     "resolve_backend",
@@ -52,6 +53,18 @@ def can_use_pidfd() -> bool:
     """Whether the pidfd backend works here (Linux 5.4+, with os.pidfd_open and epoll)."""
     # Asked through the module, so that one patch of the probe turns pidfds off everywhere.
     return _process.can_use_pidfd() and hasattr(select, "epoll")
+
+
+def can_recover_stolen_status() -> bool:
+    """Whether a status that another waiter took is recovered here (Linux 6.15+, pidfds).
+
+    With the pidfd backend, where this is True, a child that a stranger's ``waitpid(-1)`` or
+    ``os.wait()`` reaped is still reported with its exact status: the kernel keeps it on the
+    child's pidfd (PIDFD_INFO_EXIT). Elsewhere, and with the sigchld backend, such a child
+    is reported lost (:class:`~zombiereaper.StatusLostError`). Probed once, without starting
+    a process.
+    """
+    return can_use_pidfd() and _process.can_recover_stolen_status()
 
 
 def resolve_backend(name: str | None) -> BackendName:

@@ -100,6 +100,9 @@ class PidfdMonitor:
             elif isinstance(slot, _Lent):
                 # The relay hands the pidfd back when the child exits; nobody will take it.
                 self._lent.pop(slot.token, None)
+                ref = watch.notice
+                if isinstance(ref, ProcessRef):
+                    ref.take_back(None)  # nothing will come back for it to read
         watch.monitor = watch.slot = None
 
     def count(self) -> tuple[int, int]:
@@ -240,8 +243,8 @@ class PidfdMonitor:
                         _fds.close(fd, born)
                     return None
                 del self._lent[token]
+                ref.take_back(fd)
                 if fd is not None:
-                    ref.take_back(fd)
                     self._here[fd] = watch
                     watch.slot = fd
                     self._loop.add_reader(fd, lambda: self._loop.settle_now(watch))
