@@ -53,7 +53,10 @@ def _leaked_pid(pytester: pytest.Pytester) -> int:
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     before = {proc.pid for proc in psutil.Process().children()}
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--basetemp", str(pytester.path / ".." / "basetemp"), *args
+        # Without hypothesis's plugin (its summary imports all of hypothesis: a second per
+        # run) and xdist's, which the inner runs do not use.
+        *("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:xdist"),
+        *("--basetemp", str(pytester.path / ".." / "basetemp"), *args),
     )
     # What the inner run left (its leaked children, multiprocessing's helpers) was reparented
     # to this process, a subreaper for the run: each ends once the inner run is gone.

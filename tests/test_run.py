@@ -18,8 +18,10 @@ from zombiereaper import (
     NotInstalledError,
     Reaper,
     StatusLostError,
+    can_recover_stolen_status,
 )
 
+from . import internals
 from .helpers import HAS_PIDFD, eventually, is_zombie_or_gone, py, sh, zombie_children
 
 #: Prints a line on stdout and one on stderr, as soon as it starts, then sleeps a minute.
@@ -186,17 +188,39 @@ def test_a_keyboard_interrupt_kills_and_reaps_the_child_before_it_propagates(
 
 
 @pytest.mark.skipif(not HAS_PIDFD, reason="SIGCHLD ignored: only a pidfd still says it exited")
-def test_a_status_taken_by_other_code_raises_status_lost_instead_of_a_made_up_code() -> None:
-    """When the kernel or other code takes the status, run() raises StatusLostError, not a 0."""
+def test_a_status_taken_by_other_code_raises_status_lost_instead_of_a_made_up_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the kernel or other code takes the status, run() raises StatusLostError, not a 0.
+
+    As on a kernel before 6.15, which keeps no status on the pidfd (the next test: one that
+    does).
+    """
+    internals.force_no_recovery(monkeypatch)
     with Reaper(backend="pidfd") as reaper:
         handler = signal.getsignal(signal.SIGCHLD)
         # Other code sets SIGCHLD to SIG_IGN: the kernel discards every exit status.
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)
         try:
             with pytest.raises(StatusLostError) as info:
-                reaper.run(sh("exit 3"), capture_output=True)
+                reaper.run(sh("read line; exit 3"), input=b"go\n", capture_output=True)
         finally:
             signal.signal(signal.SIGCHLD, handler)
         assert reaper.status(info.value.pid) is None
         assert reaper.children == ()
         eventually(lambda: is_zombie_or_gone(info.value.pid), what="the child to be gone")
+
+
+@pytest.mark.skipif(not can_recover_stolen_status(), reason="needs Linux 6.15+ (PIDFD_INFO_EXIT)")
+def test_a_status_the_kernel_discarded_is_read_back_from_the_pidfd() -> None:
+    """SIGCHLD set to SIG_IGN by other code: Linux 6.15+ still has the status on the pidfd."""
+    with Reaper(backend="pidfd") as reaper:
+        handler = signal.getsignal(signal.SIGCHLD)
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        try:
+            # The child exits once it reads its input: after spawn() has opened its pidfd.
+            done = reaper.run(sh("read line; exit 3"), input=b"go\n", capture_output=True)
+        finally:
+            signal.signal(signal.SIGCHLD, handler)
+        assert done.returncode == 3 and done.status.exit_code == 3
+        assert reaper.status(done.status.pid) == 3
