@@ -607,8 +607,14 @@ def test_a_reaped_child_is_not_kept_alive_by_the_reaper(backend: str) -> None:
         child.wait(10)
         refs = [weakref.ref(child), weakref.ref(child.popen)]  # type: ignore[arg-type]
         del child
-        gc.collect()
-        assert [ref() for ref in refs] == [None, None]
+
+        def freed() -> bool:
+            gc.collect()
+            return [ref() for ref in refs] == [None, None]
+
+        # wait() returns once the status is recorded; the reaping thread lets go of the
+        # child's record a moment later, after its callbacks (on_exit) have run.
+        eventually(freed, 10, "the Child and its Popen to be freed")
         assert len(reaper.registry) == 1
 
 
