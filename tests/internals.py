@@ -119,3 +119,8 @@ def relay_socket_names() -> set[str]:
 def force_no_recovery(monkeypatch: pytest.MonkeyPatch) -> None:
     """Act as a kernel that keeps no exit status on a pidfd (before Linux 6.15)."""
     monkeypatch.setattr(_process, "can_recover_stolen_status", lambda: False)
+
+
+def forget_recovery_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the next can_recover_stolen_status() probe again (restored after the test)."""
+    monkeypatch.setattr(_process, "_recovery_probed", None)

@@ -11,6 +11,7 @@ nothing would prove nothing, and fails.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import signal
@@ -281,3 +282,20 @@ def test_the_probe_agrees_with_the_kernel() -> None:
         assert can_recover_stolen_status()
     elif release < (6, 13):
         assert not can_recover_stolen_status()
+
+
+@NEEDS_RECOVERY
+def test_the_probe_out_of_descriptors_says_no_and_asks_again_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An EMFILE during the probe is no answer about the kernel: it is not remembered."""
+    internals.forget_recovery_probe(monkeypatch)
+    real_open = os.pidfd_open
+
+    def out_of_descriptors(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(os, "pidfd_open", out_of_descriptors)
+    assert not can_recover_stolen_status()
+    monkeypatch.setattr(os, "pidfd_open", real_open)
+    assert can_recover_stolen_status()

@@ -151,15 +151,31 @@ def exit_after_reap(fd: int) -> int | None:
 _PROBE_PATIENCE: Final = 0.1
 
 
-@functools.cache
+_recovery_probed: bool | None = None
+
+
 def can_recover_stolen_status() -> bool:
     """Probe once whether a pidfd keeps its process's exit status after it was reaped.
 
     Linux 6.15+ does (PIDFD_INFO_EXIT): with the pidfd backend, a child whose status another
     waiter took is then reported with its exact status instead of StatusLostError. The probe
     starts no process: it asks the pidfd of a thread of its own (PIDFD_THREAD, 6.9) that has
-    ended, which the kernel keeps the same way.
+    ended, which the kernel keeps the same way. Out of descriptors it says False without
+    remembering it, and asks again next time.
     """
+    global _recovery_probed  # a cache that must not keep an answer given out of descriptors
+    if _recovery_probed is None:
+        try:
+            _recovery_probed = _probe_recovery()
+        except OSError as err:
+            if err.errno not in OUT_OF_DESCRIPTORS:
+                raise
+            return False
+    return _recovery_probed
+
+
+def _probe_recovery() -> bool:
+    """The probe behind can_recover_stolen_status(); raises OSError out of descriptors."""
     if not can_use_pidfd():
         return False
     started = threading.Event()
@@ -178,7 +194,9 @@ def can_recover_stolen_status() -> bool:
         with _fds.step():
             fd = os.pidfd_open(tid[0], PIDFD_THREAD)
             _fds.track(fd)
-    except OSError:
+    except OSError as err:
+        if err.errno in OUT_OF_DESCRIPTORS:
+            raise
         return False  # EINVAL before Linux 6.9: no thread pidfds, and no exit info (6.15)
     finally:
         release.set()
