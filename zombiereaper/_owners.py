@@ -129,12 +129,14 @@ class PopenSource:
             code = popen.poll()  # no waitid: Popen's own machinery, by pid
             return RUNNING if code is None else ExitStatus.from_returncode(self.pid, code)
         try:
-            raw = notice.peek()
+            # By pid, not checked here: the reap checks that it reaches this very process,
+            # and returns its status (one /proc read per exit instead of two).
+            raw = notice.peek(exact=False)
         except ProcessGone:
             return self._read_taken(notice)
         if raw is None:
             return RUNNING
-        return self._reap_under_popen_lock(notice, raw)
+        return self._reap_under_popen_lock(notice, raw if notice.is_exact else None)
 
     def _read_taken(self, notice: ProcessRef) -> Outcome:
         """Another wait reaped the child: the kernel's record of it, else what Popen stored.
@@ -159,26 +161,48 @@ class PopenSource:
                 lock.release()
         return decode_wait_status(self.pid, raw)
 
-    def _reap_under_popen_lock(self, notice: ProcessRef, raw: int) -> Outcome:
+    def _reap_under_popen_lock(self, notice: ProcessRef, peeked: int | None) -> Outcome:
+        """Reap the exited child under Popen's lock and store its code there.
+
+        ``peeked`` is its status as read through its pidfd, or None when it was named by pid
+        (then the reap's own answer, checked against the start time, is the status).
+        """
         popen = self.popen
         lock = _popen_lock(popen)
         if lock is None:
-            popen.wait()  # not CPython's Popen: its own wait, on a zombie, returns at once
-            return decode_wait_status(self.pid, raw)
+            return self._reap_through_popen(notice, peeked)
         # A holder sits in waitpid() on a child that has exited: it is done in a moment.
         if not lock.acquire(timeout=_OWNER_LOCK_WAIT):
             return RETRY  # or it is this very thread, in a signal handler: never deadlock
         try:
-            if popen.returncode is None:
-                try:
-                    notice.reap()
-                except ProcessGone:
-                    pass  # a stranger took it after our read: the read is still its status
-                # What Popen's own wait would store; read before reaping (WNOWAIT), the record
-                # keeps the core-dump bit, which Popen drops.
+            if popen.returncode is not None:
+                return ExitStatus.from_returncode(popen.pid, popen.returncode)
+            try:
+                # The status the reap returns keeps the core-dump bit, which Popen drops.
+                raw = notice.reap()
+                if raw is None:
+                    return RUNNING
+            except ProcessGone:
+                # A stranger took it: after our read through the pidfd (its status, then), or,
+                # named by pid, the pid may name another process by now (None).
+                raw = peeked
+            if raw is not None:
                 popen.returncode = os.waitstatus_to_exitcode(raw)
         finally:
             lock.release()
+        if raw is None:
+            return self._read_taken(notice)  # outside Popen's lock, which it takes
+        return decode_wait_status(self.pid, raw)
+
+    def _reap_through_popen(self, notice: ProcessRef, peeked: int | None) -> Outcome:
+        """Not CPython's Popen (no wait lock): read the status exactly, then its own wait()."""
+        try:
+            raw = peeked if peeked is not None else notice.peek()
+        except ProcessGone:
+            return self._read_taken(notice)
+        if raw is None:
+            return RUNNING
+        self.popen.wait()  # on a zombie, returns at once
         return decode_wait_status(self.pid, raw)
 
     def send_signal(self, notice: Notice, sig: int, group: bool) -> bool:

@@ -499,8 +499,13 @@ class ProcessRef:
 
     # --- reading and reaping ------------------------------------------------------------------
 
-    def peek(self) -> int | None:
+    def peek(self, *, exact: bool = True) -> int | None:
         """The raw wait status if it has exited, not reaped; None while it runs.
+
+        Args:
+            exact: Named by pid, check that the exit read is this process's (a /proc read).
+                Not ``exact``, the answer is only "the process that has the pid now exited":
+                for a caller that reaps next through :meth:`reap`, which checks anyway.
 
         Raises:
             ProcessGone: It has been reaped (by its owner, or a stranger's waitpid).
@@ -518,9 +523,14 @@ class ProcessRef:
         # of ours, that one's exit is what shows up here, and is checked then. An exit counts
         # only if this process still has the pid after the read: it had it before (since it
         # was opened), so it had it at the read.
-        if raw is not None and not self._is_same_with_room():
+        if raw is not None and exact and not self._is_same_with_room():
             raise ProcessGone(self.pid)
         return raw
+
+    @property
+    def is_exact(self) -> bool:
+        """Whether reads name this process by themselves (through a pidfd)."""
+        return self._fd is not None
 
     def reap(self) -> int | None:
         """Reap it if it has exited, and return its raw wait status; None while it runs.
