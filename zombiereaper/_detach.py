@@ -126,6 +126,10 @@ def check_command(args: Command) -> None:
     Raises:
         ValueError: The command is empty.
     """
+    if type(args) is list or type(args) is tuple:  # the usual case, without ABC checks
+        if not args:
+            raise ValueError(_EMPTY_COMMAND)
+        return
     if not isinstance(args, str | bytes | os.PathLike) and isinstance(args, Sized) and not args:
         raise ValueError(_EMPTY_COMMAND)
 

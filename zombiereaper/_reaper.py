@@ -354,7 +354,7 @@ class Reaper:
     def _end_adoption(self) -> None:
         with self._lock:
             self._adoptions -= 1
-            if not self._adoptions:
+            if not self._adoptions and self._closing:  # only uninstall() waits for it
                 self._adoptions_done.notify_all()
 
     # --- children -----------------------------------------------------------------------------
