@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.process
 import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import psutil
 import pytest
@@ -190,26 +192,46 @@ def pid_alive(pid: int) -> bool:
     return not is_zombie_or_gone(pid)
 
 
+#: A multiprocessing target that exits with the code it receives (a builtin, so that spawned
+#: and forkserver workers can find it).
+EXIT_WITH_RECEIVED = "import sys; sys.exit(conn.recv())"
+
+
+def exit_code_worker(method: str) -> tuple[multiprocessing.process.BaseProcess, Any]:
+    """A started worker of ``method`` that exits with the code sent on the returned pipe end."""
+    context = multiprocessing.get_context(method)
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=exec, args=(EXIT_WITH_RECEIVED, {"conn": reader}))
+    process.start()
+    reader.close()
+    return process, writer
+
+
 class NaiveReaper:
     """The usual fix that breaks everything: a SIGCHLD handler looping waitpid(-1, WNOHANG).
 
     Tests use it as a negative control, to show that they would catch a reaper that steals.
+
+    Attributes:
+        taken: pid -> raw wait status of every child it reaped.
     """
 
     def __enter__(self) -> NaiveReaper:
         import signal
 
+        self.taken: dict[int, int] = {}
         self._previous = signal.signal(signal.SIGCHLD, self._handle)
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
         while True:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                pid, raw = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            self.taken[pid] = raw
 
     def __exit__(self, *exc: object) -> None:
         import signal

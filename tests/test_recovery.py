@@ -12,7 +12,6 @@ nothing would prove nothing, and fails.
 from __future__ import annotations
 
 import errno
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -32,7 +31,7 @@ from zombiereaper import (
 )
 
 from . import internals
-from .helpers import HAS_PIDFD, eventually, sh
+from .helpers import HAS_PIDFD, NaiveReaper, eventually, exit_code_worker, sh
 from .test_pid_reuse import ReapingThreadHold
 
 NEEDS_RECOVERY = pytest.mark.skipif(
@@ -78,28 +77,6 @@ class WaitpidThief:
                 os.waitpid(waker, 0)  # unless the thief took it on its way out
             except ChildProcessError:
                 pass
-
-
-@contextmanager
-def naive_sigchld_handler() -> Iterator[dict[int, int]]:
-    """The classic SIGCHLD handler that loops waitpid(-1, WNOHANG); yields what it took."""
-    taken: dict[int, int] = {}
-
-    def handler(signum: int, frame: object) -> None:
-        while True:
-            try:
-                pid, raw = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            taken[pid] = raw
-
-    previous = signal.signal(signal.SIGCHLD, handler)
-    try:
-        yield taken
-    finally:
-        signal.signal(signal.SIGCHLD, previous)
 
 
 def _spawn_waiting(reaper: Reaper, count: int) -> list[tuple[SpawnedChild, int]]:
@@ -162,11 +139,11 @@ def test_a_waitpid_loop_thread_takes_statuses_and_each_is_recovered_exactly() ->
 @NEEDS_RECOVERY
 def test_a_naive_sigchld_handler_takes_statuses_and_each_is_recovered_exactly() -> None:
     """The handler that the Reaper chains to reaps everything it sees: nothing is lost."""
-    with naive_sigchld_handler() as taken, Reaper(backend="pidfd") as reaper:
+    with NaiveReaper() as handler, Reaper(backend="pidfd") as reaper:
         children = _spawn_waiting(reaper, 200)
         _release(children)
         lost, wrong = _outcomes(list(children))
-        assert taken, "the handler took no status: this run proves nothing"
+        assert handler.taken, "the handler took no status: this run proves nothing"
         assert (lost, wrong) == (0, [])
 
 
@@ -198,7 +175,7 @@ def test_a_status_asked_for_while_its_pidfd_is_at_a_stopped_relay_waits_for_the_
     internals.lower_relay_thresholds(monkeypatch, above=0, keep=0)
     with Reaper(backend="pidfd") as reaper:
         children = _spawn_waiting(reaper, 10)
-        internals_eventually_lent(len(children))
+        eventually(lambda: internals.lent_count() == len(children), STEP, "every pidfd lent")
         relay = internals.relay_pid()
         assert relay is not None
         os.kill(relay, signal.SIGSTOP)
@@ -213,10 +190,6 @@ def test_a_status_asked_for_while_its_pidfd_is_at_a_stopped_relay_waits_for_the_
         assert _outcomes(list(children)) == (0, [])
 
 
-def internals_eventually_lent(count: int) -> None:
-    eventually(lambda: internals.lent_count() == count, STEP, f"{count} pidfds lent")
-
-
 @NEEDS_RECOVERY
 def test_a_multiprocessing_worker_whose_status_was_taken_gets_its_exitcode() -> None:
     """A watched Process reaped by other code: exitcode is the real one, not None forever.
@@ -225,14 +198,8 @@ def test_a_multiprocessing_worker_whose_status_was_taken_gets_its_exitcode() -> 
     reaps the worker with a bare waitpid.
     """
     hold = ReapingThreadHold()
-    context = multiprocessing.get_context("fork")
     with Reaper(backend="pidfd", on_exit=hold.on_exit) as reaper:
-        reader, writer = context.Pipe(duplex=False)
-        process = context.Process(
-            target=exec, args=("import sys; sys.exit(conn.recv())", {"conn": reader})
-        )
-        process.start()
-        reader.close()
+        process, writer = exit_code_worker("fork")
         child = reaper.watch(process)
         with hold.held(reaper):
             writer.send(42)

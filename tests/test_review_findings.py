@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
 
 import pytest
 
@@ -25,25 +24,11 @@ from zombiereaper import ExitStatus, Reaper
 from zombiereaper._orphans import AllScope, Ownership
 
 from . import internals
-from .helpers import HAS_PIDFD, eventually, py, read_line
+from .helpers import HAS_PIDFD, eventually, exit_code_worker, py, read_line
 from .pidns import call_as_pid1, set_next_pid
 from .test_pid_reuse import STEP, Bystander, ReapingThreadHold, outcome
 
 NEEDS_PIDFD = pytest.mark.skipif(not HAS_PIDFD, reason="needs pidfds")
-
-#: A multiprocessing target that exits with the code it receives (a builtin, so that spawned
-#: and forkserver workers can find it).
-EXIT_WITH_RECEIVED = "import sys; sys.exit(conn.recv())"
-
-
-def _worker(method: str) -> tuple[multiprocessing.process.BaseProcess, Any]:
-    """A started worker of ``method`` that exits with the code sent on the returned pipe end."""
-    context = multiprocessing.get_context(method)
-    reader, writer = context.Pipe(duplex=False)
-    process = context.Process(target=exec, args=(EXIT_WITH_RECEIVED, {"conn": reader}))
-    process.start()
-    reader.close()
-    return process, writer
 
 
 def _echoes(bystander: Bystander) -> bool:
@@ -70,7 +55,7 @@ def test_join_then_close_keeps_the_workers_exit_code() -> None:
     """A Process joined and closed by its owner before the reaping thread read it keeps its code."""
     hold = ReapingThreadHold()
     with Reaper(on_exit=hold.on_exit) as reaper:
-        process, writer = _worker("spawn")
+        process, writer = exit_code_worker("spawn")
         child = reaper.watch(process)
         with hold.held(reaper):
             writer.send(3)
@@ -87,7 +72,7 @@ def test_closed_workers_do_not_stall_the_reaping_of_other_children() -> None:
     """Workers joined and closed by their owner cost the reaping thread no second each."""
     hold = ReapingThreadHold()
     with Reaper(on_exit=hold.on_exit) as reaper:
-        workers = [_worker("spawn") for _ in range(3)]
+        workers = [exit_code_worker("spawn") for _ in range(3)]
         children = [reaper.watch(process) for process, _ in workers]
         with hold.held(reaper):
             for process, writer in workers:
@@ -108,7 +93,7 @@ def case_forkserver_join_then_close() -> dict[str, object]:
     result: dict[str, object] = {}
     try:
         with Reaper(on_exit=hold.on_exit, stop_timeout=1.0) as reaper:
-            process, writer = _worker("forkserver")
+            process, writer = exit_code_worker("forkserver")
             child = reaper.watch(process)
             with hold.held(reaper):
                 writer.send(3)
@@ -138,7 +123,7 @@ def case_forkserver_sentinel_number_reused() -> dict[str, object]:
     spare: list[int] = []
     try:
         with Reaper(on_exit=hold.on_exit, stop_timeout=1.0) as reaper:
-            process, writer = _worker("forkserver")
+            process, writer = exit_code_worker("forkserver")
             child = reaper.watch(process)
             sentinel = process.sentinel
             with hold.held(reaper):
@@ -202,7 +187,7 @@ def test_forkserver_status_is_never_made_up_when_the_owner_joins_meanwhile(
         return real_read_signed(fd)
 
     with Reaper() as reaper:
-        process, writer = _worker("forkserver")
+        process, writer = exit_code_worker("forkserver")
         child = reaper.watch(process)
         # Patched once started: start() reads the worker's pid through it too.
         monkeypatch.setattr(forkserver, "read_signed", read_signed)
@@ -247,7 +232,7 @@ def test_a_forkserver_worker_whose_sentinel_is_past_1024_is_recorded(
     try:
         reaper = Reaper().install()
         try:
-            process, writer = _worker("forkserver")
+            process, writer = exit_code_worker("forkserver")
             high = process.sentinel
             child = reaper.watch(process)
             writer.send(3)

@@ -113,9 +113,18 @@ def _children_files() -> list[str]:
 
 
 @functools.cache
+def has_proc() -> bool:
+    """Whether a Linux /proc of this process's PID namespace is mounted.
+
+    A stat(), which needs no descriptor: this is asked while registering a child, which may
+    happen out of descriptors.
+    """
+    return os.path.exists(f"/proc/{os.getpid()}/stat")
+
+
 def can_list_children() -> bool:
     """Whether this process's children can be listed through /proc (a Linux /proc is mounted)."""
-    return os.path.exists(f"/proc/{os.getpid()}/stat")
+    return has_proc()
 
 
 @functools.cache

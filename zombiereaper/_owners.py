@@ -136,7 +136,7 @@ class PopenSource:
             return self._read_taken(notice)
         if raw is None:
             return RUNNING
-        return self._reap_under_popen_lock(notice, raw if notice.is_exact else None)
+        return self._reap_under_popen_lock(notice, raw if notice.fileno is not None else None)
 
     def _read_taken(self, notice: ProcessRef) -> Outcome:
         """Another wait reaped the child: the kernel's record of it, else what Popen stored.

@@ -461,7 +461,7 @@ class ProcessRef:
         # later than now, and a process given its pid later starts after it was reaped.
         if can_peek():
             peek_pid(pid)  # ECHILD: no unreaped child of ours has this pid
-        born_by = _linux.boot_ticks() if _has_proc() else None
+        born_by = _linux.boot_ticks() if _linux.has_proc() else None
         return cls(pid, None, None, born_by=born_by)
 
     # --- identity -------------------------------------------------------------------------
@@ -526,11 +526,6 @@ class ProcessRef:
         if raw is not None and exact and not self._is_same_with_room():
             raise ProcessGone(self.pid)
         return raw
-
-    @property
-    def is_exact(self) -> bool:
-        """Whether reads name this process by themselves (through a pidfd)."""
-        return self._fd is not None
 
     def reap(self) -> int | None:
         """Reap it if it has exited, and return its raw wait status; None while it runs.
@@ -651,16 +646,6 @@ class ProcessRef:
         else:
             how = f"started by {self._born_by}"
         return f"<ProcessRef pid={self.pid} {how}>"
-
-
-@functools.cache
-def _has_proc() -> bool:
-    """Whether /proc tells start times here (a pid is all there is without it).
-
-    A stat(), which needs no descriptor: this is asked while registering a child, which may
-    happen out of descriptors.
-    """
-    return os.path.exists(f"/proc/{os.getpid()}/stat")
 
 
 class Away:
