@@ -45,3 +45,45 @@ owner_waits = st.booleans()
 #: A burst of children, drawn whole before any starts (a lazy draw could end the example, and
 #: stop the children, halfway through).
 children_plans = st.lists(st.tuples(endings, lifetimes, owner_waits), min_size=1, max_size=100)
+
+#: One word of a ``zombiereaper run`` command line before the program: usual options, their
+#: values, and words that only argparse reads (abbreviations, clusters, bad values, help).
+run_option_words = st.lists(
+    st.sampled_from(
+        [
+            ["-g"],
+            ["--group"],
+            ["-s"],
+            ["--subreaper"],
+            ["-v"],
+            ["-vv"],
+            ["--verbose"],
+            ["-r", "TERM:INT"],
+            ["-r", "USR1:0"],
+            ["--rewrite", "HUP:15"],
+            ["--rewrite=QUIT:TERM"],
+            ["-e", "143"],
+            ["--remap-exit", "3"],
+            ["--remap-exit=0"],
+            ["--drain", "2.5"],
+            ["--drain=0"],
+            ["--drain", "-1"],
+            ["-r", "BOGUS:INT"],
+            ["-e", "256"],
+            ["--grou"],
+            ["-gs"],
+            ["-rTERM:INT"],
+            ["-r=TERM:INT"],
+            ["--drain"],
+            ["-x"],
+            ["--help"],
+        ]
+    ),
+    max_size=5,
+).map(lambda words: [word for option in words for word in option])
+
+#: What follows the options: an optional ``--``, then the program and its arguments.
+run_programs = st.tuples(
+    st.booleans(),
+    st.lists(st.sampled_from(["sh", "-c", "--", "-g", "exit 3", "-"]), max_size=4),
+).map(lambda parts: (["--"] if parts[0] else []) + parts[1])

@@ -98,17 +98,22 @@ def test_every_exit_code_and_signal_maps_to_the_init_s_status() -> None:
     import io
 
     from zombiereaper import ExitStatus
-    from zombiereaper._init import InitLog, InitOptions, exit_status
+    from zombiereaper._init import InitLog, InitOptions, describe_wait_status, exit_status
 
     options = InitOptions(argv=["program"])
     log = InitLog(0, io.StringIO())
-    for code in range(256):
-        assert exit_status(ExitStatus.from_returncode(1, code), options, log) == code
-    for number in range(1, 65):
-        assert exit_status(ExitStatus.from_returncode(1, -number), options, log) == 128 + number
+    statuses = [ExitStatus.from_returncode(1, code) for code in range(256)]
+    statuses += [ExitStatus.from_returncode(1, -number) for number in range(1, 65)]
+    for status in statuses:
+        assert exit_status(status.wait_status, options, log) == status.shell_code
+        assert describe_wait_status(status.wait_status) == status.outcome  # the same words
+    assert [exit_status(s.wait_status, options, log) for s in statuses] == [
+        *range(256),
+        *range(129, 193),
+    ]
     remapped = InitOptions(argv=["program"], remap_exit=frozenset({143}))
     killed = ExitStatus.from_returncode(1, -signal.SIGTERM)
-    assert exit_status(killed, remapped, log) == 0
+    assert exit_status(killed.wait_status, remapped, log) == 0
 
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGKILL", "SIGHUP", "SIGQUIT", "SIGUSR1"])
@@ -276,12 +281,18 @@ def test_without_proc_the_warning_comes_right_after_the_start(
     from zombiereaper import _init
 
     monkeypatch.setattr(_linux, "can_list_children", lambda: False)
+    monkeypatch.setattr(_linux, "is_child_subreaper", lambda: False)
     stream = io.StringIO()
     assert _init._watch_orphans(os.getpid(), _init.InitLog(0, stream)) is None
     assert stream.getvalue() == (
         "zombiereaper: warning: not PID 1 and not a subreaper: orphans will not come back to "
         "zombiereaper to be reaped (use -s/--subreaper)\n"
     )
+    # A subreaper already (a parent set the flag, which survives exec): nothing to say.
+    monkeypatch.setattr(_linux, "is_child_subreaper", lambda: True)
+    quiet = io.StringIO()
+    assert _init._watch_orphans(os.getpid(), _init.InitLog(0, quiet)) is None
+    assert quiet.getvalue() == ""
 
 
 # --- signals ------------------------------------------------------------------------------------

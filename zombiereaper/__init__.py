@@ -1,30 +1,44 @@
-"""zombiereaper: reap child processes without stealing anybody's exit status."""
+"""zombiereaper: reap child processes without stealing anybody's exit status.
+
+The public names are imported on first use (PEP 562): ``import zombiereaper`` alone costs
+almost nothing, so that the ``zombiereaper`` command, the pytest plugin and programs that only
+read ``__version__`` do not pay for the reaping core (threads, subprocess, logging...) that
+they may never use. The first public name asked for imports them all at once.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from ._version import __version__ as __version__
 
-from ._backends import can_recover_stolen_status as can_recover_stolen_status
-from ._backends import can_use_pidfd as can_use_pidfd
-from ._child import Child as Child
-from ._child import CompletedRun as CompletedRun
-from ._child import SpawnedChild as SpawnedChild
-from ._errors import BackendUnavailableError as BackendUnavailableError
-from ._errors import ChildLeakWarning as ChildLeakWarning
-from ._errors import NotInstalledError as NotInstalledError
-from ._errors import NotOurChildError as NotOurChildError
-from ._errors import ReaperError as ReaperError
-from ._errors import StatusLostError as StatusLostError
-from ._errors import WaitTimeout as WaitTimeout
-from ._reaper import Reaper as Reaper
-from ._registry import Registry as Registry
-from ._status import ExitStatus as ExitStatus
-from ._status import decode_wait_status as decode_wait_status
-from ._supervise import Backoff as Backoff
-from ._supervise import Intensity as Intensity
-from ._supervise import Service as Service
-from ._supervise import ServiceEvent as ServiceEvent
-from ._supervise import ServiceTimeout as ServiceTimeout
+# `typing` alone costs as much as starting Python: type checkers see the imports below (they
+# treat any name TYPE_CHECKING as true), Python never runs them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._backends import can_recover_stolen_status as can_recover_stolen_status
+    from ._backends import can_use_pidfd as can_use_pidfd
+    from ._child import Child as Child
+    from ._child import CompletedRun as CompletedRun
+    from ._child import SpawnedChild as SpawnedChild
+    from ._errors import BackendUnavailableError as BackendUnavailableError
+    from ._errors import ChildLeakWarning as ChildLeakWarning
+    from ._errors import NotInstalledError as NotInstalledError
+    from ._errors import NotOurChildError as NotOurChildError
+    from ._errors import ReaperError as ReaperError
+    from ._errors import StatusLostError as StatusLostError
+    from ._errors import WaitTimeout as WaitTimeout
+    from ._reaper import Reaper as Reaper
+    from ._registry import Registry as Registry
+    from ._status import ExitStatus as ExitStatus
+    from ._status import decode_wait_status as decode_wait_status
+    from ._supervise import Backoff as Backoff
+    from ._supervise import Intensity as Intensity
+    from ._supervise import Service as Service
+    from ._supervise import ServiceEvent as ServiceEvent
+    from ._supervise import ServiceTimeout as ServiceTimeout
+
+    # Deprecated: still there for type checkers while __getattr__ below warns at run time.
+    from .testing import ManualClock as ManualClock
+del TYPE_CHECKING
 
 __all__ = [
     "BackendUnavailableError",
@@ -50,35 +64,70 @@ __all__ = [
     "decode_wait_status",
 ]
 
-from ._version import __version__ as __version__
-
-# Shown as zombiereaper.X in tracebacks and warnings, where users import them from.
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type):
-        _obj.__module__ = __name__
-del _name, _obj
-
-if TYPE_CHECKING:
-    # Deprecated: still there for type checkers while __getattr__ below warns at run time.
-    from .testing import ManualClock as ManualClock
-else:
-
-    def __getattr__(name: str) -> object:
-        """Give the names that moved away, with a DeprecationWarning."""
-        if name == "ManualClock":
-            import warnings  # noqa: PLC0415 - only a deprecated name needs it
-
-            warnings.warn(
-                "zombiereaper.ManualClock moved to zombiereaper.testing: use "
-                "`from zombiereaper.testing import ManualClock` (the old name will be removed)",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            from .testing import ManualClock  # noqa: PLC0415 - its home, imported on demand
-
-            return ManualClock
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: The private module that defines each public name.
+_HOMES = {
+    "BackendUnavailableError": "_errors",
+    "Backoff": "_supervise",
+    "Child": "_child",
+    "ChildLeakWarning": "_errors",
+    "CompletedRun": "_child",
+    "ExitStatus": "_status",
+    "Intensity": "_supervise",
+    "NotInstalledError": "_errors",
+    "NotOurChildError": "_errors",
+    "Reaper": "_reaper",
+    "ReaperError": "_errors",
+    "Registry": "_registry",
+    "Service": "_supervise",
+    "ServiceEvent": "_supervise",
+    "ServiceTimeout": "_supervise",
+    "SpawnedChild": "_child",
+    "StatusLostError": "_errors",
+    "WaitTimeout": "_errors",
+    "can_recover_stolen_status": "_backends",
+    "can_use_pidfd": "_backends",
+    "decode_wait_status": "_status",
+}
 
 
-del TYPE_CHECKING
+def _import_public_names() -> None:
+    """Import every public name into this module, all at once.
+
+    All at once, so that a class met before its name was asked for (a Child that ``spawn()``
+    returned) already says ``zombiereaper.Child``, as tracebacks and reprs should.
+    """
+    import importlib  # noqa: PLC0415 - only on first use, like everything here
+
+    found = {
+        name: getattr(importlib.import_module(f"{__name__}.{home}"), name)
+        for name, home in _HOMES.items()
+    }
+    for value in found.values():
+        if isinstance(value, type):
+            value.__module__ = __name__  # shown as zombiereaper.X, where users import X from
+    globals().update(found)
+
+
+def __getattr__(name: str) -> object:
+    """Import the public names on first use; give the names that moved, with a warning."""
+    if name in _HOMES:
+        _import_public_names()
+        return globals()[name]
+    if name == "ManualClock":
+        import warnings  # noqa: PLC0415 - only a deprecated name needs it
+
+        warnings.warn(
+            "zombiereaper.ManualClock moved to zombiereaper.testing: use "
+            "`from zombiereaper.testing import ManualClock` (the old name will be removed)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from .testing import ManualClock  # noqa: PLC0415 - its home, imported on demand
+
+        return ManualClock
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names, the public ones not imported yet included (for completion)."""
+    return sorted({*globals(), *__all__})

@@ -1,22 +1,24 @@
-"""``zombiereaper run``: a container init (PID 1) on top of the all-scope Reaper.
+"""``zombiereaper run``: a container init (PID 1).
 
 It does what tini and dumb-init do (../shared/prior-art.md, "A PID-1 init must get these
 right"): run one program as its child, hand it every signal, reap every orphan, and exit with
 the program's status.
 
-- Every catchable signal but SIGCHLD gets a handler, so that as PID 1 the kernel delivers it
-  (it drops default-action signals sent to a namespace's init). The handler does nothing; the
-  C-level wakeup fd (``signal.set_wakeup_fd``) writes the signal's number into a pipe, and the
-  main loop forwards what it reads there. TSTP, TTIN and TTOU are forwarded like the others:
-  the init itself never stops.
-- The program is started before any thread exists, from a thread that blocks no signal:
-  ``subprocess`` (fork and exec in C) gives it an empty signal mask, ``restore_signals`` puts
-  SIGPIPE and SIGXFSZ (which Python ignores for itself) back to default, and exec resets every
-  handled signal to default. It runs in its own process group, which takes the terminal's
-  foreground when there is one.
-- The all-scope Reaper (no grace: nothing else in this process waits for children) reaps the
-  program through its Popen and every orphan that lands here; the program's exit is noticed
-  through its own pidfd, so it ends the init even when it arrives in one SIGCHLD with others.
+- Every catchable signal gets a handler, so that as PID 1 the kernel delivers it (it drops
+  default-action signals sent to a namespace's init). The handler does nothing; the C-level
+  wakeup fd (``signal.set_wakeup_fd``) writes the signal's number into a pipe, and the main
+  loop reads it there: SIGCHLD means "reap", any other is forwarded. TSTP, TTIN and TTOU are
+  forwarded like the others: the init itself never stops.
+- The program starts with an empty signal mask, default dispositions (SIGPIPE and SIGXFSZ,
+  which Python ignores for itself, included) and in its own process group, which takes the
+  terminal's foreground when there is one. It is forked with every signal blocked and its
+  handlers reset before they are unblocked, so that no signal meant for the init runs a handler
+  in the child; no thread exists in this process, so Python may run between fork and exec.
+- The init reaps with ``waitpid(-1)``, as tini does. That is right here, and only here: the
+  init is the whole process, it runs no code of others that could wait for a child of its own,
+  so every status it takes is its to take. The Reaper's care for other waiters (and its thread,
+  its imports, its memory) would buy nothing: this module imports only what the loop needs,
+  so that the init starts about as fast as Python does and stays small.
 - Neither PID 1 nor a subreaper, the init never gets the program's orphans. Whether there will
   be any cannot be known in advance, so it warns only when it sees one go elsewhere
   (:class:`OrphanWatch`), never before the program has started.
@@ -27,33 +29,24 @@ from __future__ import annotations
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, TextIO
-
-import psutil
 
 from . import _linux
-from ._child import on_settled
-from ._reaper import Reaper
-from ._zombies import printable
 
+# `typing` costs the init as much as starting Python: type checkers treat any name
+# TYPE_CHECKING as true, Python never imports what is under it.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import FrameType
+    from typing import Final, TextIO
 
-    from ._child import Child
-    from ._status import ExitStatus
+    import psutil
 
 #: Exit statuses of the init itself, as shells and tini use them.
 EXIT_NOT_FOUND: Final = 127
 EXIT_CANNOT_EXECUTE: Final = 126
 EXIT_STATUS_LOST: Final = 255
-
-#: The byte the reaping thread writes into the wakeup pipe when the program has exited (signal
-#: numbers, which Python writes there, are never 0).
-_PROGRAM_EXITED: Final = b"\0"
 
 _NEVER_FORWARDED: Final = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD})
 
@@ -93,17 +86,49 @@ def parse_signal(text: str) -> int:
         raise ValueError(f"unknown signal {text!r} (try TERM, SIGUSR1 or 15)") from None
 
 
-@dataclass
 class InitOptions:
-    """What ``zombiereaper run`` was asked to do."""
+    """What ``zombiereaper run`` was asked to do.
 
-    argv: list[str]
-    group: bool = False
-    subreaper: bool = False
-    rewrite: dict[int, int] = field(default_factory=dict)
-    remap_exit: frozenset[int] = frozenset()
-    drain: float | None = None
-    verbose: int = 0
+    Attributes:
+        argv: The program and its arguments.
+        group: Forward signals to the program's whole process group.
+        subreaper: Become a subreaper when not PID 1.
+        rewrite: Signal numbers to forward as another (0: drop).
+        remap_exit: Exit codes of the program to exit 0 for.
+        drain: Seconds to give the remaining descendants once the program has exited (None:
+            no drain).
+        verbose: How much to say (0: warnings only).
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        group: bool = False,
+        subreaper: bool = False,
+        rewrite: dict[int, int] | None = None,
+        remap_exit: frozenset[int] = frozenset(),
+        drain: float | None = None,
+        verbose: int = 0,
+    ) -> None:
+        self.argv = argv
+        self.group = group
+        self.subreaper = subreaper
+        self.rewrite = {} if rewrite is None else rewrite
+        self.remap_exit = remap_exit
+        self.drain = drain
+        self.verbose = verbose
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in vars(self).items())
+        return f"InitOptions({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, InitOptions):
+            return NotImplemented
+        return vars(self) == vars(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a dataclass
 
 
 class InitLog:
@@ -128,7 +153,6 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
 
 
 def _take_terminal() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # Runs only while this process has no other thread (before the Reaper starts its own).
     # A background group asking for the foreground gets SIGTTOU unless it ignores it.
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     try:
@@ -147,17 +171,16 @@ def _owns_terminal_foreground() -> bool:
 def run_init(options: InitOptions, stderr: TextIO | None = None) -> int:
     """Run ``options.argv`` as an init would, and return the exit status to exit with."""
     log = InitLog(options.verbose, stderr or sys.stderr)
-    # Whatever mask we were started with, the program must start with none (subprocess gives
-    # it the mask of the thread that starts it), and a blocked signal could not be forwarded.
+    # Whatever mask we were started with, the program must start with none, and a blocked
+    # signal could not be forwarded.
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    # Started with SIGCHLD ignored, the kernel would discard the program's status before the
-    # Reaper is installed, and the program would inherit the setting.
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     wake_read, wake_write = os.pipe()
     for fd in (wake_read, wake_write):
         os.set_blocking(fd, False)
     signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
-    for sig in forwarded_signals():
+    # SIGCHLD too (started with it ignored, the kernel would discard the program's status):
+    # its number in the pipe means "reap".
+    for sig in (*forwarded_signals(), signal.SIGCHLD):
         try:
             signal.signal(sig, _ignore)
         except (OSError, ValueError):
@@ -166,14 +189,7 @@ def run_init(options: InitOptions, stderr: TextIO | None = None) -> int:
 
     program = options.argv[0]
     try:
-        popen: subprocess.Popen[bytes] = subprocess.Popen(
-            options.argv,
-            process_group=0,
-            restore_signals=True,
-            close_fds=False,  # like tini: the program gets every descriptor the init got
-            # No thread exists yet (the Reaper starts its own below): Python may run here.
-            preexec_fn=_take_terminal if _owns_terminal_foreground() else None,  # noqa: PLW1509
-        )
+        pid = start_program(options.argv, take_terminal=_owns_terminal_foreground())
     except FileNotFoundError as err:
         # ENOENT: the program, or the interpreter its #! line names, does not exist.
         log.say(f"{program}: {err.strerror} (not found)")
@@ -181,35 +197,85 @@ def run_init(options: InitOptions, stderr: TextIO | None = None) -> int:
     except OSError as err:
         log.say(f"{program}: cannot execute: {err.strerror}")
         return EXIT_CANNOT_EXECUTE
-    log.debug(f"started {program} as pid {popen.pid}")
-    orphans = _watch_orphans(popen.pid, log) if look_for_orphans else None
+    log.debug(f"started {program} as pid {pid}")
+    orphans = _watch_orphans(pid, log) if look_for_orphans else None
+    status = _forward_until_exit(pid, options, wake_read, log, orphans)
+    if options.drain is not None:
+        if orphans is not None:
+            # The drain stops descendants only: say which processes it cannot reach, the
+            # children that the program's own exit has just orphaned included.
+            orphans.look()
+        _drain(options.drain, log)
+    _reap_exited(pid, log)  # the orphans that have exited meanwhile, before we go
+    return exit_status(status, options, log)
 
-    def on_exit(status: ExitStatus) -> None:
-        if status.pid != popen.pid:
-            log.debug(f"reaped orphan: {status}")
 
-    reaper = Reaper(scope="all", grace=0.0, on_exit=on_exit).install()
+def start_program(argv: list[str], *, take_terminal: bool = False) -> int:
+    """Start ``argv`` (searched in PATH) as the init's program; return its pid.
+
+    The program gets an empty signal mask, every disposition at its default, a process group
+    of its own (the terminal's foreground with ``take_terminal``) and every descriptor of the
+    init but the init's own pipes (which are close-on-exec).
+
+    Raises:
+        OSError: The program could not be executed (FileNotFoundError: it does not exist).
+    """
+    # exec's error comes back through this pipe; its end closes on a successful exec.
+    error_read, error_write = os.pipe()
+    # Blocked from before the fork until the child's handlers are reset: a signal meant for the
+    # init must not run the init's handler in the child (which would write to the wakeup pipe).
+    signal.pthread_sigmask(signal.SIG_SETMASK, signal.valid_signals())
     try:
-        child = reaper.watch(popen)
-        # Called however the program ended, its status lost included: the loop must wake.
-        on_settled(child, lambda _: os.write(wake_write, _PROGRAM_EXITED))
-        _forward_until_exit(child, options, wake_read, log, orphans)
-        if options.drain is not None:
-            if orphans is not None:
-                # The drain stops descendants only: say which processes it cannot reach, the
-                # children that the program's own exit has just orphaned included.
-                orphans.look()
-            _drain(options.drain, log)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child: it execs or exits
+            _exec_program(argv, error_write, take_terminal)
     finally:
-        reaper.uninstall()
-    return exit_status(child.status, options, log)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    os.close(error_write)
+    with os.fdopen(error_read, "rb") as pipe:
+        error = pipe.read()
+    if not error:
+        return pid
+    os.waitpid(pid, 0)  # the child exited at once: reap it before saying why
+    number = int(error)
+    raise OSError(number, os.strerror(number), argv[0])
+
+
+def _exec_program(
+    argv: list[str], error_write: int, take_terminal: bool
+) -> None:  # pragma: no cover
+    # In the forked child of a process without threads: Python may run until the exec.
+    number = 0
+    try:
+        signal.set_wakeup_fd(-1)
+        # Handled signals, and those Python ignores for itself (SIGPIPE, SIGXFSZ): exec would
+        # keep an ignored signal ignored.
+        for sig in signal.valid_signals():
+            if signal.getsignal(sig) not in (signal.SIG_DFL, None):
+                signal.signal(sig, signal.SIG_DFL)
+        os.setpgid(0, 0)
+        if take_terminal:
+            _take_terminal()
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        os.execvp(argv[0], argv)
+    except OSError as err:
+        number = err.errno or 0
+    except BaseException:  # whatever it was, the child must exit, not return into the init
+        pass
+    try:
+        os.write(error_write, str(number or 1).encode())
+    finally:
+        os._exit(EXIT_CANNOT_EXECUTE)
 
 
 def _become_subreaper(options: InitOptions, log: InitLog) -> bool:
     """Make this process a subreaper if asked; return whether to look out for orphans.
 
-    Orphans come back as PID 1, as a subreaper already (a parent may have set the flag: it
-    survives exec) and with ``-s``; when ``-s`` fails, that has been said.
+    Orphans come back as PID 1 and with ``-s`` (when ``-s`` fails, that has been said). They
+    also come back to a subreaper already (a parent may have set the flag: it survives exec),
+    which :func:`_is_subreaper_already` tells: that is asked by the first look, not here,
+    since asking loads ctypes, which would slow down every start (and the first look comes
+    only after a second, if the program still runs).
     """
     if os.getpid() == 1:
         return False
@@ -219,12 +285,17 @@ def _become_subreaper(options: InitOptions, log: InitLog) -> bool:
         except OSError as err:
             log.say(f"cannot become a subreaper ({err.strerror}): orphans go to PID 1")
         return False
-    return not (_linux.can_be_subreaper() and _linux.is_child_subreaper())
+    return True
+
+
+def _is_subreaper_already() -> bool:
+    return _linux.can_be_subreaper() and _linux.is_child_subreaper()
 
 
 def _watch_orphans(program_pid: int, log: InitLog) -> OrphanWatch | None:
     if not _linux.can_list_children():
-        log.say(_NO_SUBREAPER_WARNING)  # cannot look: say that it may happen, once
+        if not _is_subreaper_already():
+            log.say(_NO_SUBREAPER_WARNING)  # cannot look: say that it may happen, once
         return None
     return OrphanWatch(program_pid, log)
 
@@ -246,11 +317,13 @@ class OrphanWatch:
         self._program = program_pid
         self._log = log
         self._due = time.monotonic() + ORPHAN_LOOK_INTERVAL
-        self.warned = False
+        #: True once there is nothing more to look for: a warning was given, or this process
+        #: turned out to be a subreaper already.
+        self.done = False
 
     def timeout(self) -> float | None:
         """Seconds until the next look is due, for ``select``; None when there is none to come."""
-        if self.warned:
+        if self.done:
             return None
         return max(0.0, self._due - time.monotonic())
 
@@ -260,10 +333,10 @@ class OrphanWatch:
         The program's own exit orphans its children: that counts only before a drain (see
         :meth:`look`), since without one the init leaves them as a subreaper would.
         """
-        if self.warned or time.monotonic() < self._due:
+        if self.done or time.monotonic() < self._due:
             return
         self._due = time.monotonic() + ORPHAN_LOOK_INTERVAL
-        if not self._program_runs():
+        if not self._program_runs() or self._comes_back_anyway():
             return
         found = find_escaped_orphans(self._program)
         if found and self._program_runs():  # ran all along: its exit orphaned none of them
@@ -271,10 +344,16 @@ class OrphanWatch:
 
     def look(self) -> None:
         """Look now, and warn about what is found (if no warning has been given yet)."""
-        if not self.warned:
+        if not self.done and not self._comes_back_anyway():
             found = find_escaped_orphans(self._program)
             if found:
                 self._warn(found)
+
+    def _comes_back_anyway(self) -> bool:
+        """Whether orphans come back here after all: this process is a subreaper already."""
+        if _is_subreaper_already():
+            self.done = True
+        return self.done
 
     def _program_runs(self) -> bool:
         try:
@@ -284,15 +363,15 @@ class OrphanWatch:
         return stat is not None and stat.state not in ("Z", "X") and stat.ppid == os.getpid()
 
     def _warn(self, found: list[tuple[int, int]]) -> None:
-        self.warned = True
+        self.done = True
         pid, parent = found[0]
-        first = f"pid {pid} ({_process_name(pid)})"
+        first = f"pid {pid} ({_linux.read_name(pid)})"
         if len(found) == 1:
             who = f"{first} was"
         else:
             who = f"{len(found)} processes, {first} among them, were"
         self._log.say(
-            f"warning: {who} orphaned and went to pid {parent} ({_process_name(parent)}): not "
+            f"warning: {who} orphaned and went to pid {parent} ({_linux.read_name(parent)}): not "
             "PID 1 and not a subreaper, zombiereaper can neither reap nor drain the program's "
             "orphans (use -s/--subreaper)"
         )
@@ -348,41 +427,62 @@ def _leads_here(stat: _linux.ProcStat, known: dict[int, bool]) -> bool | None:
     return verdict
 
 
-def _process_name(pid: int) -> str:
-    try:
-        return printable(psutil.Process(pid).name())
-    except psutil.Error:
-        return "?"
-
-
 def _forward_until_exit(
-    child: Child, options: InitOptions, wake_read: int, log: InitLog, orphans: OrphanWatch | None
-) -> None:
-    while child.running:
+    pid: int, options: InitOptions, wake_read: int, log: InitLog, orphans: OrphanWatch | None
+) -> int:
+    """Forward signals to the program until it exits; reap orphans meanwhile.
+
+    Returns:
+        The program's wait status.
+    """
+    while True:
         timeout = orphans.timeout() if orphans is not None else None
-        ready, _, _ = select.select([wake_read], [], [], timeout)
+        select.select([wake_read], [], [], timeout)
         if orphans is not None:
             orphans.look_if_due()
-        if not ready:
-            continue
         try:
             received = os.read(wake_read, 4096)
         except BlockingIOError:
-            continue
+            received = b""
+        # Reaped before anything is forwarded, and only here: until this thread has reaped the
+        # program, its pid (and its group's id) cannot name another process.
+        status = _reap_exited(pid, log)
+        if status is not None:
+            return status
         for number in received:
-            if number in (0, signal.SIGCHLD):
+            if number == signal.SIGCHLD:
                 continue
             target = options.rewrite.get(number, number)
             if target == 0:
                 log.debug(f"dropped {_name(number)}")
                 continue
-            # After the program's exit this does nothing: it never reaches a recycled pid.
-            child.send_signal(target, group=options.group)
-            log.debug(f"forwarded {_name(number)} as {_name(target)} to pid {child.pid}")
+            if options.group:
+                os.killpg(pid, target)
+            else:
+                os.kill(pid, target)
+            log.debug(f"forwarded {_name(number)} as {_name(target)} to pid {pid}")
+
+
+def _reap_exited(program: int, log: InitLog) -> int | None:
+    """Reap every child that has exited; return the program's wait status if it was one."""
+    found = None
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return found
+        if pid == 0:
+            return found
+        if pid == program:
+            found = status
+        else:
+            log.debug(f"reaped orphan: pid {pid} {describe_wait_status(status)}")
 
 
 def _drain(seconds: float, log: InitLog) -> None:
-    """TERM every remaining descendant, wait up to ``seconds``, KILL the rest; the Reaper reaps."""
+    """TERM every remaining descendant, wait up to ``seconds``, KILL the rest (reaped after)."""
+    import psutil  # noqa: PLC0415 - only a drain needs it
+
     descendants = _live_descendants()
     if not descendants:
         return
@@ -411,6 +511,8 @@ def _drain(seconds: float, log: InitLog) -> None:
 
 
 def _live_descendants() -> list[psutil.Process]:
+    import psutil  # noqa: PLC0415 - only a drain needs it
+
     alive = []
     for proc in psutil.Process().children(recursive=True):
         try:
@@ -421,14 +523,21 @@ def _live_descendants() -> list[psutil.Process]:
     return alive
 
 
-def exit_status(status: ExitStatus | None, options: InitOptions, log: InitLog) -> int:
+def exit_status(wait_status: int, options: InitOptions, log: InitLog) -> int:
     """The init's own exit status: the program's code, 128+N for signal N, remapped to 0."""
-    if status is None:
-        log.say("the program's exit status was taken by other code")
-        return EXIT_STATUS_LOST
-    code = status.shell_code
-    log.debug(f"{options.argv[0]}: {status.outcome}")
+    code = os.waitstatus_to_exitcode(wait_status)
+    if code < 0:
+        code = 128 - code
+    log.debug(f"{options.argv[0]}: {describe_wait_status(wait_status)}")
     return 0 if code in options.remap_exit else code
+
+
+def describe_wait_status(wait_status: int) -> str:
+    """How a process ended, in the words of :attr:`ExitStatus.outcome`."""
+    if os.WIFSIGNALED(wait_status):
+        dumped = " (core dumped)" if os.WCOREDUMP(wait_status) else ""
+        return f"killed by {_name(os.WTERMSIG(wait_status))}{dumped}"
+    return f"exited with code {os.waitstatus_to_exitcode(wait_status)}"
 
 
 def _name(number: int) -> str:

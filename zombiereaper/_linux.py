@@ -6,22 +6,22 @@ rest of the library asks these functions and never checks the platform name itse
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import os
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
 
+# The init imports this module: `typing`, `dataclasses` and `ctypes` would each cost it about
+# as much as starting Python (type checkers treat any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import ctypes
     from collections.abc import Container
+    from typing import Final
 
 _PR_SET_CHILD_SUBREAPER: Final = 36
 _PR_GET_CHILD_SUBREAPER: Final = 37
 
 
-@dataclass(frozen=True, slots=True)
 class ProcStat:
     """The fields of /proc/PID/stat that reaping needs.
 
@@ -33,10 +33,32 @@ class ProcStat:
             names one process for good, even after the pid is reused.
     """
 
-    pid: int
-    state: str
-    ppid: int
-    start_time: int
+    __slots__ = ("pid", "ppid", "start_time", "state")
+
+    def __init__(self, *, pid: int, state: str, ppid: int, start_time: int) -> None:
+        self.pid: Final = pid
+        self.state: Final = state
+        self.ppid: Final = ppid
+        self.start_time: Final = start_time
+
+    def __repr__(self) -> str:
+        return (
+            f"ProcStat(pid={self.pid}, state={self.state!r}, ppid={self.ppid}, "
+            f"start_time={self.start_time})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProcStat):
+            return NotImplemented
+        return (self.pid, self.state, self.ppid, self.start_time) == (
+            other.pid,
+            other.state,
+            other.ppid,
+            other.start_time,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.pid, self.state, self.ppid, self.start_time))
 
     @property
     def key(self) -> tuple[int, int]:
@@ -88,6 +110,47 @@ def read_stat(pid: int) -> ProcStat | None:
 
 #: More than a /proc/PID/stat line can hold (52 numbers and a short name: a few hundred bytes).
 _STAT_SIZE: Final = 4096
+
+
+#: How printable() writes the control characters that have a short escape in Python.
+_SHORT_ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    r"""``text`` with every character that a terminal would not show as itself escaped.
+
+    Any process can put newlines, escape sequences (``\x1b[2J``) or invisible characters in its
+    command line and name: written raw, they would forge lines of the listing or drive the
+    terminal. They become ``\n``, ``\x1b``, ``\u202e`` as in a Python string; an undecodable
+    byte (read from /proc as a lone surrogate) becomes ``\xff``. A backslash stays as it is.
+    """
+    if text.isprintable():
+        return text
+    return "".join(_escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    if char.isprintable():
+        return char
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape: the byte it stands for
+        return f"\\x{code - 0xDC00:02x}"
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def read_name(pid: int) -> str:
+    """The name of ``pid`` (/proc/PID/comm), made :func:`printable`; "?" if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as file:
+            return printable(os.fsdecode(file.read().rstrip(b"\n")))
+    except OSError:
+        return "?"
 
 
 @functools.cache
@@ -216,14 +279,19 @@ def pidfd_targets(exclude: frozenset[int] = frozenset()) -> set[int]:
 
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
+    import ctypes  # noqa: PLC0415 - only prctl needs it, and it costs the init a third more
+
+    # The symbols of this process, libc's among them: ctypes.util.find_library("c") would run
+    # ldconfig or a compiler to find the same library.
     try:
-        return ctypes.CDLL(name, use_errno=True)
+        return ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None
 
 
 def _prctl(option: int, arg: int) -> int:
+    import ctypes  # noqa: PLC0415 - see _libc
+
     libc = _libc()
     if libc is None or not hasattr(libc, "prctl"):
         raise OSError(0, "this C library has no prctl()")

@@ -7,6 +7,8 @@ from typing import Final
 
 import psutil
 
+from ._linux import printable
+
 
 @dataclass
 class Zombie:
@@ -61,38 +63,6 @@ def as_json_data(parents: list[LeakingParent]) -> dict[str, object]:
 
 #: How many zombies of one parent the text listing names before it only counts the rest.
 _NAMED_PER_PARENT: Final = 10
-
-
-#: How the text listing writes the control characters that have a short escape in Python.
-_SHORT_ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def printable(text: str) -> str:
-    r"""``text`` with every character that a terminal would not show as itself escaped.
-
-    Any process can put newlines, escape sequences (``\x1b[2J``) or invisible characters in its
-    command line and name: written raw, they would forge lines of the listing or drive the
-    terminal. They become ``\n``, ``\x1b``, ``\u202e`` as in a Python string; an undecodable
-    byte (read from /proc as a lone surrogate) becomes ``\xff``. A backslash stays as it is.
-    """
-    if text.isprintable():
-        return text
-    return "".join(_escape(char) for char in text)
-
-
-def _escape(char: str) -> str:
-    if char.isprintable():
-        return char
-    if char in _SHORT_ESCAPES:
-        return _SHORT_ESCAPES[char]
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape: the byte it stands for
-        return f"\\x{code - 0xDC00:02x}"
-    if code <= 0xFF:
-        return f"\\x{code:02x}"
-    if code <= 0xFFFF:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
 
 
 def as_text(parents: list[LeakingParent]) -> str:
