@@ -148,6 +148,9 @@ def test_a_waitpid_loop_thread_takes_statuses_and_each_is_recovered_exactly() ->
             # CPython's own wait() would have said 0 after ECHILD.
             assert child.popen.returncode == code
             assert reaper.status(child.pid) == code
+            # A recovered status has no resource usage: only the reap returns it.
+            status = child.wait(0)
+            assert (status.rusage is None) == (child.pid in thief.taken), status
     assert sorted(s.pid for s in heard) == sorted(c.pid for c, _ in children)
 
 

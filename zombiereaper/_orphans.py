@@ -64,20 +64,23 @@ class OrphanSink(Protocol):
 def peek_child(pid: int) -> ExitStatus | None:
     """The status of the exited child ``pid``, without reaping it; None while it runs.
 
+    With its resource usage: the sweep records a status when it first sees the zombie, which
+    may be long before its reap (or its owner's).
+
     Raises:
         ChildProcessError: ``pid`` is not an unreaped child of this process.
     """
-    raw = _process.peek_pid(pid)
-    return None if raw is None else decode_wait_status(pid, raw)
+    peeked = _process.peek_pid_with_usage(pid)
+    return None if peeked is None else decode_wait_status(pid, *peeked)
 
 
 def reap_zombie(zombie: _linux.ProcStat) -> ExitStatus | None:
     """Reap exactly the zombie that was seen, never a process that has taken its pid since."""
     try:
-        raw = ProcessRef(zombie.pid, None, zombie.start_time).reap()
+        reaped = ProcessRef(zombie.pid, None, zombie.start_time).reap()
     except ProcessGone:
         return None
-    return None if raw is None else decode_wait_status(zombie.pid, raw)
+    return None if reaped is None else decode_wait_status(zombie.pid, *reaped)
 
 
 # --- owners ---------------------------------------------------------------------------------------

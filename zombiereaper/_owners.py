@@ -177,11 +177,14 @@ class PopenSource:
         try:
             if popen.returncode is not None:
                 return ExitStatus.from_returncode(popen.pid, popen.returncode)
+            raw: int | None
+            usage = None
             try:
                 # The status the reap returns keeps the core-dump bit, which Popen drops.
-                raw = notice.reap()
-                if raw is None:
+                reaped = notice.reap()
+                if reaped is None:
                     return RUNNING
+                raw, usage = reaped
             except ProcessGone:
                 # A stranger took it: after our read through the pidfd (its status, then), or,
                 # named by pid, the pid may name another process by now (None).
@@ -192,7 +195,7 @@ class PopenSource:
             lock.release()
         if raw is None:
             return self._read_taken(notice)  # outside Popen's lock, which it takes
-        return decode_wait_status(self.pid, raw)
+        return decode_wait_status(self.pid, raw, usage)
 
     def _reap_through_popen(self, notice: ProcessRef, peeked: int | None) -> Outcome:
         """Not CPython's Popen (no wait lock): read the status exactly, then its own wait()."""
@@ -323,10 +326,10 @@ class ProcessSource:
         status = decode_wait_status(self._pid, raw)
         store_exit_in_process(self._mp_popen, status)
         try:
-            notice.reap()
+            reaped = notice.reap()
         except ProcessGone:
-            pass  # its join() reaped it in between: the status is the same
-        return status
+            reaped = None  # its join() reaped it in between: the status is the same
+        return status if reaped is None else decode_wait_status(self._pid, *reaped)
 
     def _read_taken(self, notice: ProcessRef) -> Outcome:
         """Reaped by its join(), or by a stranger's wait (the Process then keeps None forever).
@@ -492,14 +495,14 @@ class PidSource:
         """Reap the child directly."""
         assert isinstance(notice, ProcessRef)
         try:
-            raw = notice.reap()
+            reaped = notice.reap()
         except ProcessGone:
             # Somebody else's waitpid took it: the kernel may still have its status.
             recovered = notice.recover()
             if isinstance(recovered, Away):
                 return RUNNING  # the pidfd comes back from the relay in a moment
             return None if recovered is None else decode_wait_status(self._pid, recovered)
-        return RUNNING if raw is None else decode_wait_status(self._pid, raw)
+        return RUNNING if reaped is None else decode_wait_status(self._pid, *reaped)
 
     def send_signal(self, notice: Notice, sig: int, group: bool) -> bool:
         """Signal the child: only the engine reaps it, and the watch's lock is held."""

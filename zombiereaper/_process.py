@@ -26,6 +26,15 @@ The errnos, once for all the functions below:
   pidfd: it has been reaped).
 - EMFILE/ENFILE/ENOMEM from pidfd_open: out of descriptors; callers fall back to the pid.
 - EINVAL from pidfd_send_signal with PIDFD_SIGNAL_PROCESS_GROUP: a kernel before 6.9.
+- EINTR from the raw waitid syscall (resource usage, below): a signal came; called again.
+- ENOSYS from the raw waitid syscall: not this architecture's number after all; reaps go on
+  through ``os.waitid``, without resource usage, from then on.
+
+Reaping returns the child's resource usage too (:class:`Reaped`): ``os.waitid`` gives none and
+``os.wait4`` names a child by pid only (a pid that may have been handed on), so reaps go
+through the ``waitid`` system call itself, whose fifth argument is a ``struct rusage``, called
+through ctypes on the architectures whose syscall number and struct layouts are known here
+(:data:`_WAITID_SYSCALLS`); elsewhere the usage is None.
 """
 
 from __future__ import annotations
@@ -34,12 +43,13 @@ import errno
 import fcntl
 import functools
 import os
+import resource
 import select
 import signal
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final, NamedTuple, TypeVar
 
 from . import _fds, _linux
 from ._status import wait_status_from_waitid
@@ -69,8 +79,26 @@ _PIDFD_INFO: Final = struct.Struct("=Q52xi")
 OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
+#: The waitid system call's number, by machine (os.uname().machine), where this module knows
+#: it and the 64-bit layouts of siginfo_t and struct rusage that it reads below.
+_WAITID_SYSCALLS: Final = {"x86_64": 247, "aarch64": 95}
+#: siginfo_t: 128 bytes; int si_code at 8; for SIGCHLD, int si_pid at 16, si_status at 24.
+_SIGINFO_SIZE: Final = 128
+_SIGINFO_CHILD: Final = struct.Struct("=8xi4xi4xi")
+#: struct rusage: two struct timeval (seconds, microseconds), then 14 longs.
+_RUSAGE: Final = struct.Struct("=18q")
+
+
 class ProcessGone(ChildProcessError):
     """The process a ProcessRef names is no longer an unreaped child of ours: it was reaped."""
+
+
+class Reaped(NamedTuple):
+    """What a reap returns: the raw wait status, and the child's resource usage if known."""
+
+    status: int
+    #: Its own and that of its descendants it waited for; None where it cannot be read here.
+    rusage: resource.struct_rusage | None
 
 
 # --- capabilities ------------------------------------------------------------------------------
@@ -235,16 +263,27 @@ def peek_pid(pid: int) -> int | None:
     return _status(os.waitid(os.P_PID, pid, PEEK))
 
 
-def reap_pid(pid: int) -> int | None:
+def reap_pid(pid: int) -> Reaped | None:
     """Reap the child ``pid`` if it has exited (whatever process has the pid now).
 
     Raises:
         ChildProcessError: No unreaped child of ours has this pid.
     """
     if not can_peek():
-        reaped, raw = os.waitpid(pid, os.WNOHANG)
-        return raw if reaped else None
-    return _status(os.waitid(os.P_PID, pid, REAP))
+        reaped, raw, usage = os.wait4(pid, os.WNOHANG)  # no waitid: no pidfd either
+        return Reaped(raw, usage) if reaped else None
+    return _waitid(os.P_PID, pid, REAP)
+
+
+def peek_pid_with_usage(pid: int) -> Reaped | None:
+    """:func:`peek_pid`, and the child's resource usage (the kernel fills it without reaping).
+
+    Costs three times a plain peek: for records made before the reap, not for polling.
+
+    Raises:
+        ChildProcessError: No unreaped child of ours has this pid.
+    """
+    return _waitid(os.P_PID, pid, PEEK)
 
 
 def has_zombie_child() -> bool:
@@ -281,13 +320,76 @@ def peek_pidfd(fd: int) -> int | None:
     return _status(os.waitid(os.P_PIDFD, fd, PEEK))
 
 
-def reap_pidfd(fd: int) -> int | None:
+def reap_pidfd(fd: int) -> Reaped | None:
     """Reap the process behind a pidfd if it has exited.
 
     Raises:
         ChildProcessError: The pidfd names no unreaped child of ours (any more).
     """
-    return _status(os.waitid(os.P_PIDFD, fd, REAP))
+    return _waitid(os.P_PIDFD, fd, REAP)
+
+
+def _waitid(idtype: int, ident: int, options: int) -> Reaped | None:
+    """``waitid(idtype, ident, options)``, with the resource usage where it can."""
+    call = _raw_waitid()
+    if call is not None and call.works:
+        try:
+            return call.wait(idtype, ident, options)
+        except OSError as err:
+            if err.errno != errno.ENOSYS:
+                raise
+            call.works = False  # not this machine's number after all: without usage, then
+    raw = _status(os.waitid(idtype, ident, options))
+    return None if raw is None else Reaped(raw, None)
+
+
+class _RawWaitid:
+    """The waitid system call through ctypes, which fills a struct rusage too."""
+
+    def __init__(self, number: int) -> None:
+        import ctypes  # noqa: PLC0415 - only reaps need it
+
+        self._ctypes = ctypes
+        self._syscall = ctypes.CDLL(None, use_errno=True).syscall
+        self._syscall.restype = ctypes.c_long
+        long, pointer = ctypes.c_long, ctypes.c_void_p
+        self._syscall.argtypes = [long, long, long, pointer, long, pointer]
+        self._number = number
+        #: False once the kernel said ENOSYS.
+        self.works = True
+
+    def wait(self, idtype: int, ident: int, options: int) -> Reaped | None:
+        """Wait as :func:`_waitid` does.
+
+        Raises:
+            OSError: ECHILD (a ChildProcessError) or ENOSYS, as ``os.waitid`` would.
+        """
+        info = self._ctypes.create_string_buffer(_SIGINFO_SIZE)  # zeroed: si_pid 0 if none
+        usage = self._ctypes.create_string_buffer(_RUSAGE.size)
+        while self._syscall(self._number, idtype, ident, info, options, usage) != 0:
+            number = self._ctypes.get_errno()
+            if number != errno.EINTR:
+                raise OSError(number, os.strerror(number))
+        code, pid, status = _SIGINFO_CHILD.unpack_from(info)
+        if pid == 0:
+            return None
+        fields = _RUSAGE.unpack(usage.raw)
+        times = (fields[0] + fields[1] / 1e6, fields[2] + fields[3] / 1e6)
+        return Reaped(
+            wait_status_from_waitid(code, status), resource.struct_rusage(times + fields[4:])
+        )
+
+
+@functools.cache
+def _raw_waitid() -> _RawWaitid | None:
+    """The raw waitid call; None where this module does not know this machine's."""
+    number = _WAITID_SYSCALLS.get(os.uname().machine)
+    if number is None:
+        return None
+    try:
+        return _RawWaitid(number)
+    except (ImportError, OSError, AttributeError):  # no ctypes, no libc, no syscall()
+        return None
 
 
 def start_time(pid: int) -> int | None:
@@ -527,8 +629,8 @@ class ProcessRef:
             raise ProcessGone(self.pid)
         return raw
 
-    def reap(self) -> int | None:
-        """Reap it if it has exited, and return its raw wait status; None while it runs.
+    def reap(self) -> Reaped | None:
+        """Reap it if it has exited, and return its raw wait status and usage; None while it runs.
 
         Raises:
             ProcessGone: It has been reaped already (by its owner, or a stranger's waitpid).
@@ -536,7 +638,7 @@ class ProcessRef:
         try:
             if self._fd is not None:
                 return reap_pidfd(self._fd)
-            gone: int | _Gone | None = _GONE
+            gone: Reaped | _Gone | None = _GONE
             raw = _checked(self.pid, self._is_same, reap_pidfd, lambda: reap_pid(self.pid), gone)
         except ChildProcessError:
             raise ProcessGone(self.pid) from None

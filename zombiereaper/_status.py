@@ -5,11 +5,18 @@ from __future__ import annotations
 import numbers
 import os
 import signal as _signal
-from dataclasses import dataclass
-from typing import Final
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import resource
 
 # The "core dumped" bit of a wait status word, as WCOREDUMP tests it on Linux and the BSDs.
 _CORE_FLAG: Final = 0x80
+
+#: Bytes in a unit of ru_maxrss: Linux counts kibibytes, macOS bytes.
+_MAX_RSS_UNIT: Final = 1 if sys.platform == "darwin" else 1024
 
 
 # eq=False: equality and hashing are the returncode's, written out below.
@@ -30,10 +37,15 @@ class ExitStatus:
     Attributes:
         pid: The pid that the child had.
         wait_status: The raw status word, as ``os.waitpid`` returns it.
+        rusage: The resources the child used (and its descendants that it waited for), as
+            ``os.wait4`` gives them; None where the Reaper did not reap the child itself
+            (another waiter did, such as the child's own ``Popen.wait()``, or the status was
+            recovered after another waiter took it). Not part of equality.
     """
 
     pid: int
     wait_status: int
+    rusage: resource.struct_rusage | None = field(default=None, kw_only=True)
 
     @classmethod
     def from_returncode(cls, pid: int, returncode: int) -> ExitStatus:
@@ -85,6 +97,25 @@ class ExitStatus:
     def core_dumped(self) -> bool:
         """Whether the kernel wrote a core dump when the signal killed the child."""
         return os.WIFSIGNALED(self.wait_status) and bool(self.wait_status & _CORE_FLAG)
+
+    @property
+    def user_time(self) -> float | None:
+        """Seconds of CPU time the child spent in user mode (None: see :attr:`rusage`)."""
+        return None if self.rusage is None else self.rusage.ru_utime
+
+    @property
+    def system_time(self) -> float | None:
+        """Seconds of CPU time the kernel spent for the child (None: see :attr:`rusage`)."""
+        return None if self.rusage is None else self.rusage.ru_stime
+
+    @property
+    def max_rss(self) -> int | None:
+        """The child's peak resident memory, in bytes (None: see :attr:`rusage`).
+
+        The kernel's figure (``ru_maxrss``, which Linux gives in KiB) turned into bytes. A
+        child that Python forked before it ran its program counts the memory it had then.
+        """
+        return None if self.rusage is None else self.rusage.ru_maxrss * _MAX_RSS_UNIT
 
     @property
     def returncode(self) -> int:
@@ -166,12 +197,15 @@ def is_same_exit(first: ExitStatus, second: ExitStatus) -> bool:
     return first.pid == second.pid and first.wait_status == second.wait_status
 
 
-def decode_wait_status(pid: int, wait_status: int) -> ExitStatus:
+def decode_wait_status(
+    pid: int, wait_status: int, rusage: resource.struct_rusage | None = None
+) -> ExitStatus:
     """Decode a raw status word from ``os.waitpid`` into an :class:`ExitStatus`.
 
     Args:
         pid: The child the status belongs to.
         wait_status: The status word; it must describe an exit or a fatal signal.
+        rusage: The child's resource usage, as ``os.wait4`` returns it, if known.
 
     Returns:
         The decoded record.
@@ -182,9 +216,9 @@ def decode_wait_status(pid: int, wait_status: int) -> ExitStatus:
     if not 0 <= wait_status <= 0xFFFF:
         raise ValueError(f"a wait status is a 16-bit word, got {wait_status}")
     if os.WIFEXITED(wait_status) and not wait_status & 0xFF:
-        return ExitStatus(pid, wait_status)
+        return ExitStatus(pid, wait_status, rusage=rusage)
     if os.WIFSIGNALED(wait_status) and not wait_status & 0xFF00:
-        return ExitStatus(pid, wait_status)
+        return ExitStatus(pid, wait_status, rusage=rusage)
     raise ValueError(
         f"wait status {wait_status:#x} is not an exit or a fatal signal (a stopped or continued "
         "child?); only statuses from a WEXITED wait can be decoded"

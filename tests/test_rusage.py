@@ -1,0 +1,182 @@
+"""Resource usage per child: what the reap itself returns, carried by ExitStatus.
+
+The children measure their own CPU time (not the clock), so that the figures they promise hold
+on a busy machine.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import subprocess
+import threading
+
+import pytest
+
+from zombiereaper import ExitStatus, Reaper, ServiceEvent, _process, decode_wait_status
+
+from .helpers import eventually, py, sh
+
+#: A child that spends at least 0.2 s of CPU in user mode and touches 64 MiB, then exits 7.
+BUSY = py(
+    "import resource\n"
+    "memory = bytearray(64 << 20)\n"
+    "while resource.getrusage(resource.RUSAGE_SELF).ru_utime < 0.2:\n"
+    "    sum(range(10_000))\n"
+    "raise SystemExit(7)\n"
+)
+MIB = 1 << 20
+
+
+def _assert_busy_usage(status: ExitStatus) -> None:
+    assert status == 7
+    assert isinstance(status.rusage, resource.struct_rusage)
+    assert status.user_time is not None and status.user_time >= 0.2
+    assert status.system_time is not None and status.system_time >= 0.0
+    assert status.max_rss is not None and status.max_rss >= 64 * MIB
+    assert status.max_rss == status.rusage.ru_maxrss * 1024  # Linux counts KiB
+
+
+def test_a_spawned_child_s_status_carries_its_resource_usage(backend: str) -> None:
+    """spawn() + wait(): user and system time, peak memory in bytes, the whole struct."""
+    with Reaper(backend=backend) as reaper:
+        status = reaper.spawn(BUSY).wait(60)
+    _assert_busy_usage(status)
+
+
+def test_the_registry_and_on_exit_get_the_same_usage(backend: str) -> None:
+    """The record that callbacks and the registry hold is the one with the usage."""
+    heard: list[ExitStatus] = []
+    with Reaper(backend=backend, on_exit=heard.append) as reaper:
+        child = reaper.spawn(BUSY)
+        status = child.wait(60)
+        assert reaper.status(child.pid) is status or reaper.status(child.pid) == status
+        recorded = reaper.status(child.pid)
+        assert recorded is not None and recorded.rusage == status.rusage
+    assert [s.rusage for s in heard] == [status.rusage]
+
+
+def test_a_watched_popen_reaped_by_the_reaper_carries_usage(backend: str) -> None:
+    """A Popen whose exit the Reaper reaps: usage, and the Popen keeps its return code."""
+    with Reaper(backend=backend) as reaper:
+        popen = subprocess.Popen(BUSY)
+        status = reaper.watch(popen).wait(60)
+    _assert_busy_usage(status)
+    assert popen.returncode == 7
+
+
+def test_a_status_reaped_by_another_waiter_has_no_usage(backend: str) -> None:
+    """Popen.wait() reaped it first: the status is exact, the usage None (documented)."""
+    with Reaper(backend=backend) as reaper:
+        popen = subprocess.Popen(sh("exit 3"))
+        assert popen.wait(30) == 3
+        status = reaper.watch(popen).wait(30)
+    assert status == 3
+    assert status.rusage is None
+    assert (status.user_time, status.system_time, status.max_rss) == (None, None, None)
+
+
+def test_a_multiprocessing_worker_reaped_by_the_reaper_carries_usage(backend: str) -> None:
+    """A watched Process: its exitcode as join() gives it, and the usage in the status."""
+    context = multiprocessing.get_context("spawn")
+    with Reaper(backend=backend) as reaper:
+        process = context.Process(target=pow, args=(2, 10))
+        process.start()
+        status = reaper.watch(process).wait(60)
+        process.join(30)
+    assert status == 0 and process.exitcode == 0
+    assert status.rusage is not None and status.max_rss is not None and status.max_rss > 0
+
+
+def test_an_orphan_reaped_by_the_all_scope_carries_usage() -> None:
+    """A child nobody watches, reaped by the all scope's sweep: usage too."""
+    heard: list[ExitStatus] = []
+    arrived = threading.Event()
+
+    def on_exit(status: ExitStatus) -> None:
+        heard.append(status)
+        arrived.set()
+
+    with Reaper(scope="all", grace=0.0, on_exit=on_exit):
+        proc = subprocess.Popen(BUSY)
+        pid = proc.pid
+        proc.returncode = 0  # a Popen that will never wait: the child is nobody's
+        del proc
+        assert arrived.wait(60)
+    (status,) = [s for s in heard if s.pid == pid]
+    _assert_busy_usage(status)
+
+
+def test_service_events_carry_the_usage() -> None:
+    """A supervised copy's "exited" event holds the status with its usage."""
+    events: list[ServiceEvent] = []
+    exited = threading.Event()
+
+    def on_event(event: ServiceEvent) -> None:
+        events.append(event)
+        if event.kind == "exited":
+            exited.set()
+
+    with Reaper() as reaper:
+        service = reaper.supervise(BUSY, name="busy", restart="never", on_event=on_event)
+        assert exited.wait(60)
+        service.stop()
+    (event,) = [e for e in events if e.kind == "exited"]
+    assert event.status is not None
+    _assert_busy_usage(event.status)
+
+
+def test_without_the_raw_call_statuses_are_exact_and_usage_is_none(
+    monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """A machine whose waitid number is unknown: reaps go through os.waitid, no usage."""
+    monkeypatch.setattr(_process, "_raw_waitid", lambda: None)
+    with Reaper(backend=backend) as reaper:
+        status = reaper.spawn(sh("exit 5")).wait(30)
+    assert status == 5 and status.rusage is None
+
+
+def test_an_enosys_from_the_raw_call_falls_back_for_good(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wrong syscall number (ENOSYS) costs nothing: that reap and the next go on without."""
+    broken = _process._RawWaitid(100_000)  # no such system call
+    monkeypatch.setattr(_process, "_raw_waitid", lambda: broken)
+    with Reaper() as reaper:
+        statuses = [reaper.spawn(sh(f"exit {code}")).wait(30) for code in (3, 4)]
+    assert statuses == [3, 4]
+    assert [s.rusage for s in statuses] == [None, None]
+    assert broken.works is False
+
+
+def test_usage_is_not_part_of_equality() -> None:
+    """Two records of the same code are equal, whatever their usage; hashing agrees."""
+    usage = resource.struct_rusage((1.5, 0.25, 2048, *[0] * 13))
+    with_usage = decode_wait_status(1, 3 << 8, usage)
+    without = decode_wait_status(1, 3 << 8)
+    assert with_usage == without == 3 and hash(with_usage) == hash(3)
+    assert (with_usage.user_time, with_usage.system_time) == (1.5, 0.25)
+    assert with_usage.max_rss == 2048 * 1024
+    assert ExitStatus.from_returncode(1, 3).rusage is None
+
+
+def test_the_raw_call_reads_the_kernels_figures() -> None:
+    """The ctypes call's struct matches what os.wait4 reports for a twin child."""
+    raw = _process._raw_waitid()
+    if raw is None:
+        pytest.skip("no raw waitid on this machine")
+    twins = [subprocess.Popen(BUSY), subprocess.Popen(BUSY)]
+    fd = _process.open_pidfd(twins[0].pid)
+    try:
+        eventually(lambda: _process.peek_pidfd(fd) is not None, 60, "the first twin's exit")
+        reaped = raw.wait(_process.os.P_PIDFD, fd, _process.REAP)
+    finally:
+        _process.os.close(fd)
+    _, other_raw, other_usage = _process.os.wait4(twins[1].pid, 0)
+    for twin in twins:
+        twin.returncode = 7  # reaped above
+    assert reaped is not None and reaped.rusage is not None
+    assert reaped.status == other_raw == 7 << 8
+    # Same program, same work: the same order of magnitude on every field that counts.
+    assert reaped.rusage.ru_utime >= 0.2 and other_usage.ru_utime >= 0.2
+    assert abs(reaped.rusage.ru_maxrss - other_usage.ru_maxrss) < 16 * 1024  # KiB
