@@ -239,13 +239,13 @@ def wait_for_program(init: subprocess.Popen[bytes], timeout: float) -> int:
     process = psutil.Process(init.pid)
     while time.monotonic() < deadline:
         if init.poll() is not None:
-            raise RuntimeError(f"{init.args} exited {init.returncode} before its program ran")
+            raise RuntimeError(f"{init.args!r} exited {init.returncode} before its program ran")
         with contextlib.suppress(psutil.Error):
             for child in process.children():
                 if _runs_program(child.pid):
                     return child.pid
         time.sleep(0.001)
-    raise RuntimeError(f"{init.args} did not start its program within {timeout:g} s")
+    raise RuntimeError(f"{init.args!r} did not start its program within {timeout:g} s")
 
 
 def stop_init(init: subprocess.Popen[bytes]) -> None:
