@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -546,13 +547,13 @@ def _plot_start(ax: Any, title: str, data: dict[str, Any] | None) -> None:
     names = list(data["contenders"])
     values = [data["contenders"][n]["median_seconds"] * 1e3 for n in names]
     colors = ["tab:orange" if n == data["target_row"] else "tab:blue" for n in names]
-    bars = ax.barh(names, values, color=colors)
+    bars = ax.barh([textwrap.fill(n, 24) for n in names], values, color=colors)
     for bar, name in zip(bars, names, strict=True):
         ratio = data["contenders"][name]["ratio_to_baseline"]
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {_x(ratio)}", va="center")
     ax.invert_yaxis()
-    ax.set_xscale("log")
     ax.set_xlabel(f"median ms per fresh process (ratio to {data['baseline']})")
+    ax.set_xlim(0, max(values) * 1.2)
     ax.tick_params(axis="y", labelsize="small")
 
 
@@ -564,7 +565,7 @@ def _plot_init_rss(ax: Any, data: dict[str, Any] | None) -> None:
     names = list(data["contenders"])
     values = [data["contenders"][n]["median_vm_rss"] / 1024 / 1024 for n in names]
     colors = ["tab:orange" if n == data["target_row"] else "tab:blue" for n in names]
-    ax.barh(names, values, color=colors)
+    ax.barh([textwrap.fill(n, 24) for n in names], values, color=colors)
     ax.axvline(INIT_RSS_TARGET / 1024 / 1024, color="red", linewidth=0.8, label="target")
     ax.invert_yaxis()
     ax.set_xlabel("VmRSS while the program runs (MB)")
@@ -578,5 +579,6 @@ def _plot_targets(ax: Any, verdicts: list[dict[str, Any]]) -> None:
     lines = []
     for verdict in verdicts:
         state = {True: "met", False: "MISSED", None: "n/a"}[verdict["met"]]
-        lines.append(f"[{state}] {verdict['target']}:\n        {verdict['value']}")
+        lines.append(textwrap.fill(f"[{state}] {verdict['target']}:", 58, subsequent_indent="  "))
+        lines.append(f"        {verdict['value']}")
     ax.text(0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=9)
