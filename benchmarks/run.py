@@ -5,7 +5,7 @@ The one documented command, from the repository root::
     python benchmarks/run.py
 
 prints the table and writes ``benchmarks/results/results.json`` and
-``benchmarks/results/performance.png`` (about 8 minutes on 2 cores). ``--quick`` runs a
+``benchmarks/results/performance.png`` (about 9 minutes on 2 cores). ``--quick`` runs a
 scaled-down smoke variant in seconds. See ``benchmarks/README.md`` for what each benchmark
 measures and how.
 """
