@@ -5,7 +5,7 @@ The one documented command, from the repository root::
     python benchmarks/run.py
 
 prints the table and writes ``benchmarks/results/results.json`` and
-``benchmarks/results/performance.png`` (about 8 minutes on 2 cores). ``--quick`` runs a
+``benchmarks/results/performance.png`` (about 9 minutes on 2 cores). ``--quick`` runs a
 scaled-down smoke variant in seconds. See ``benchmarks/README.md`` for what each benchmark
 measures and how.
 """
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zrbench import common, latency, memory, report, throughput, zombies
+from zrbench import common, latency, memory, report, startup, throughput, zombies
 
 import zombiereaper
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results"
 #: Latency and scaling share their passes (and their idle pools), so asking for one runs both.
-BENCHMARKS = ("throughput", "latency", "scaling", "memory", "zombies")
+BENCHMARKS = ("throughput", "latency", "scaling", "memory", "zombies", "startup")
 
 
 def _cpu_model() -> str:
@@ -139,6 +139,8 @@ def run_suite(config: common.Config, only: set[str], log: Callable[[str], None])
         results["memory"] = memory.run(config, log)
     if "zombies" in only:
         results["zombies"] = zombies.run(config, log)
+    if "startup" in only:
+        results.update(startup.run(config, log))
     return results
 
 

@@ -7,6 +7,7 @@ cannot rot between full runs.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +15,16 @@ from pathlib import Path
 import pytest
 
 RUNNER = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
-BENCHMARKS = ("throughput", "latency", "scaling", "memory", "zombies")
+BENCHMARKS = ("throughput", "latency", "scaling", "memory", "zombies", "import", "init", "init_rss")
 SECTIONS = (
     "1. Throughput",
     "2. Exit-to-record latency",
     "3. Scaling",
     "4. Memory",
     "5. Zombie lifetime",
+    "6. Import time",
+    "7. Init start-up",
+    "8. Init memory",
     "Targets",
 )
 
@@ -77,6 +81,42 @@ def test_quick_run_writes_json_with_every_benchmark(
         assert entry["not_recorded"] == 0
         assert entry["zombies_left"] == 0
     assert "killed and reaped" not in done.stderr, "the run left children for the cleanup"
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_writes_asyncio_and_startup_rows(
+    quick_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
+    """The JSON has the event-loop contender, and the start-up rows with their raw samples."""
+    done, json_path, _ = quick_run
+    assert done.returncode == 0, done.stderr
+    results = json.loads(json_path.read_text(encoding="utf-8"))
+    contenders = results["throughput"]["contenders"]
+    assert "asyncio subprocess" in contenders
+    assert "zombiereaper[pidfd] wait_async" in contenders or (
+        "zombiereaper[sigchld] wait_async" in contenders
+    )
+    for entry in contenders.values():
+        assert len(entry["ratios_to_asyncio"]) == results["throughput"]["rounds"]
+    for key in ("import", "init"):
+        data = results[key]
+        assert data["target_row"] in data["contenders"]
+        assert data["baseline"] in data["contenders"]
+        for entry in data["contenders"].values():
+            assert len(entry["seconds"]) == data["rounds"]
+            assert len(entry["ratios_to_baseline"]) == data["rounds"]
+        package = Path(results["meta"]["package"]["path"])
+        if os.access(package / "__pycache__", os.W_OK) or os.access(package, os.W_OK):
+            assert all(data["bytecode_cached"].values()), "the warm-up wrote no .pyc"
+    rss = results["init_rss"]
+    assert rss["target_row"] in rss["contenders"]
+    for entry in rss["contenders"].values():
+        assert len(entry["vm_rss"]) == rss["rounds"]
+        assert all(size > 0 for size in entry["vm_rss"])
+    for data in (results["init"], rss):
+        for tool in ("tini", "dumb-init"):
+            measured = any(name.startswith(f"{tool} ") for name in data["contenders"])
+            assert measured != (tool in data["skipped"]), tool
 
 
 @pytest.mark.timeout(150)

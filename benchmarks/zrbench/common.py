@@ -66,6 +66,11 @@ class Config:
     #: Zombie lifetime: children killed at once, bursts per backend.
     zombie_burst: int
     zombie_rounds: int
+    #: Start-up: timed rounds of fresh processes and untimed runs before them (which also write
+    #: the .pyc files), and rounds of the init memory readings.
+    startup_rounds: int
+    startup_warmups: int
+    init_rss_rounds: int
 
 
 FULL: Final = Config(
@@ -84,6 +89,9 @@ FULL: Final = Config(
     memory_checkpoints=(1_000, 10_000, 30_000, 60_000, 100_000),
     zombie_burst=1_000,
     zombie_rounds=3,
+    startup_rounds=100,
+    startup_warmups=3,
+    init_rss_rounds=5,
 )
 
 QUICK: Final = Config(
@@ -102,6 +110,9 @@ QUICK: Final = Config(
     memory_checkpoints=(100, 500),
     zombie_burst=50,
     zombie_rounds=1,
+    startup_rounds=5,
+    startup_warmups=1,
+    init_rss_rounds=1,
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -16,6 +17,13 @@ LATENCY_TARGET = 0.005
 SCALING_TARGET = 1.5
 MEMORY_TARGET = 5 * 1024 * 1024
 TARGET_KEY = "pidfd/owned"
+#: Issue 12's targets: zombiereaper in an event loop against asyncio's own subprocesses (set for
+#: Python 3.11), and a lean start.
+ASYNCIO_TARGET = 1.2
+ASYNCIO_KEY = "zombiereaper[pidfd] wait_async"
+IMPORT_TARGET = 2.0
+INIT_TARGET = 2.5
+INIT_RSS_TARGET = 12 * 1024 * 1024
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -46,6 +54,22 @@ def _mb(size: float | None) -> str:
     return "-" if size is None else f"{size / 1024 / 1024:+.2f}"
 
 
+def _start_ratio(data: dict[str, Any], target: float) -> tuple[float | None, bool | None]:
+    """The target row's ratio to its baseline (import or init start-up), and the verdict."""
+    ratio = data["contenders"].get(data["target_row"], {}).get("ratio_to_baseline")
+    return ratio, None if ratio is None else ratio <= target
+
+
+def _init_rss(data: dict[str, Any]) -> tuple[float | None, bool | None]:
+    """The init's median resident size in an init memory result, and the verdict."""
+    rss = data["contenders"].get(data["target_row"], {}).get("median_vm_rss")
+    return rss, None if rss is None else rss <= INIT_RSS_TARGET
+
+
+def _size(size: float | None) -> str:
+    return "-" if size is None else f"{size / 1024 / 1024:.1f}"
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Judge the issue's targets against ``results``; an absent benchmark is "not run"."""
     verdicts: list[dict[str, Any]] = []
@@ -60,6 +84,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"throughput >= {THROUGHPUT_TARGET}x bare Popen+wait",
             _x(ratio),
             None if ratio is None else ratio >= THROUGHPUT_TARGET,
+        )
+        ratio = throughput["contenders"].get(ASYNCIO_KEY, {}).get("ratio_to_asyncio")
+        judge(
+            f"spawn + wait_async >= {ASYNCIO_TARGET}x asyncio subprocess (set for Python 3.11; "
+            f"this run: {results['meta']['python']})",
+            _x(ratio),
+            None if ratio is None else ratio >= ASYNCIO_TARGET,
         )
     latency = results.get("latency")
     if latency is not None:
@@ -88,6 +119,22 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{_mb(growth)} MB",
             None if growth is None else growth < MEMORY_TARGET,
         )
+    imports = results.get("import")
+    if imports is not None:
+        ratio, met = _start_ratio(imports, IMPORT_TARGET)
+        judge(f"{imports['target_row']} <= {IMPORT_TARGET}x {imports['baseline']}", _x(ratio), met)
+    init = results.get("init")
+    if init is not None:
+        ratio, met = _start_ratio(init, INIT_TARGET)
+        judge(f"{init['target_row']} <= {INIT_TARGET}x {init['baseline']}", _x(ratio), met)
+    init_rss = results.get("init_rss")
+    if init_rss is not None:
+        rss, met = _init_rss(init_rss)
+        judge(
+            f"init RSS <= {INIT_RSS_TARGET // 1024 // 1024} MB while its program runs",
+            f"{_size(rss)} MB",
+            met,
+        )
     if any(key in results for key in ("throughput", "latency", "scaling", "memory", "zombies")):
         judge("the sigchld backend reported beside pidfd", "in every table", True)
     return verdicts
@@ -108,6 +155,9 @@ def render(results: dict[str, Any]) -> str:
         ("scaling", _render_scaling),
         ("memory", _render_memory),
         ("zombies", _render_zombies),
+        ("import", _render_import),
+        ("init", _render_init),
+        ("init_rss", _render_init_rss),
     ]
     for key, section in sections:
         if results.get(key) is not None:
@@ -132,15 +182,98 @@ def _render_throughput(data: dict[str, Any]) -> list[str]:
             f"{entry['median_seconds']:.3f}",
             f"{entry['children_per_second']:,.0f}",
             _x(entry["ratio_to_popen"]),
+            _x(entry.get("ratio_to_asyncio")),
+        ]
+        for name, entry in data["contenders"].items()
+    ]
+    lines = [
+        f"1. Throughput: {data['children']:,} x {data['program']}, at most {data['window']} "
+        f"alive, {data['rounds']} alternating rounds (medians; ratio = Popen (or asyncio) time / "
+        "contender time, median of per-round ratios)",
+        _table(["contender", "seconds", "children/s", "vs Popen+wait", "vs asyncio"], rows),
+        f"asyncio reaps through {data['asyncio_child_watcher']} on this Python.",
+    ]
+    ratio = data["contenders"].get(ASYNCIO_KEY, {}).get("ratio_to_asyncio")
+    if ratio is not None:
+        lines.append(
+            f"{ASYNCIO_KEY} vs asyncio subprocess: {_x(ratio)} "
+            f"(target >= {ASYNCIO_TARGET}x on Python 3.11: {_verdict(ratio >= ASYNCIO_TARGET)})"
+        )
+    return lines
+
+
+def _verdict(met: bool | None) -> str:
+    return {True: "met", False: "MISSED", None: "not measured"}[met]
+
+
+def _role(data: dict[str, Any], name: str, target: str) -> str:
+    """The target column of a start-up row: the target and its verdict, or what the row is."""
+    if name == data["target_row"]:
+        return target
+    if name == data.get("baseline"):
+        return "baseline"
+    if name == data.get("reference_row"):
+        return "reference"
+    return "informational"
+
+
+def _start_lines(data: dict[str, Any], target: float) -> list[str]:
+    _, met = _start_ratio(data, target)
+    rows = [
+        [
+            name,
+            _ms(entry["median_seconds"]),
+            _ms(entry["p90_seconds"]),
+            _x(entry["ratio_to_baseline"]),
+            _role(data, name, f"<= {target}x: {_verdict(met)}"),
+        ]
+        for name, entry in data["contenders"].items()
+    ]
+    lines = [_table(["command", "median ms", "p90 ms", f"vs {data['baseline']}", "target"], rows)]
+    missing = [name for name, cached in data["bytecode_cached"].items() if not cached]
+    if missing:
+        lines.append(f"warning: no .pyc for {', '.join(missing)}: compiling is in these times.")
+    return lines
+
+
+def _render_import(data: dict[str, Any]) -> list[str]:
+    return [
+        f"6. Import time: a fresh {data['python']} per sample, {data['rounds']} alternating "
+        f"rounds after {data['warmups']} warm-up run(s) that write the .pyc files (medians; "
+        "ratio = time / baseline time, median of per-round ratios)",
+        *_start_lines(data, IMPORT_TARGET),
+    ]
+
+
+def _render_init(data: dict[str, Any]) -> list[str]:
+    return [
+        f"7. Init start-up: each init started (not as PID 1) and reaped with its program, "
+        f"{data['rounds']} alternating rounds after {data['warmups']} warm-up run(s) (medians; "
+        "ratio = time / baseline time, median of per-round ratios)",
+        *_start_lines(data, INIT_TARGET),
+        f"zombiereaper ran as {data['zombiereaper_found_as']}: "
+        f"{' '.join(data['zombiereaper_command'])}",
+        *(f"{tool} not measured: {why}." for tool, why in data["skipped"].items()),
+    ]
+
+
+def _render_init_rss(data: dict[str, Any]) -> list[str]:
+    _, met = _init_rss(data)
+    target = f"<= {INIT_RSS_TARGET // 1024 // 1024} MB: {_verdict(met)}"
+    rows = [
+        [
+            name,
+            _size(entry["median_vm_rss"]),
+            _size(entry["median_vm_hwm"]),
+            _role(data, name, target),
         ]
         for name, entry in data["contenders"].items()
     ]
     return [
-        f"1. Throughput: {data['children']:,} x {data['program']}, at most {data['window']} "
-        f"alive, {data['rounds']} alternating rounds (medians; ratio = Popen time / contender "
-        "time, median of per-round ratios)",
-        _table(["contender", "seconds", "children/s", "vs Popen+wait"], rows),
-        f"asyncio reaps through {data['asyncio_child_watcher']} on this Python.",
+        f"8. Init memory: the init's resident size once its program ({' '.join(data['program'])})"
+        f" runs, {data['rounds']} reading(s) each, in turns (medians; MB from /proc/PID/status)",
+        _table(["init", "VmRSS MB", "VmHWM MB", "target"], rows),
+        *(f"{tool} not measured: {why}." for tool, why in data["skipped"].items()),
     ]
 
 
@@ -265,7 +398,7 @@ def write_png(results: dict[str, Any], path: Path, log: Callable[[str], None]) -
     except ImportError:
         log("matplotlib is not installed: no chart (pip install 'zombiereaper[bench]')")
         return False
-    figure, axes = plt.subplots(2, 3, figsize=(18, 10.5))
+    figure, axes = plt.subplots(3, 3, figsize=(18, 15.5))
     meta = results["meta"]
     figure.suptitle(
         f"zombiereaper {meta['zombiereaper']} ({meta['mode']} run): {meta['cores']} cores "
@@ -276,7 +409,10 @@ def write_png(results: dict[str, Any], path: Path, log: Callable[[str], None]) -
     _plot_scaling(axes[0][2], results.get("scaling"))
     _plot_memory(axes[1][0], results.get("memory"))
     _plot_zombies(axes[1][1], results.get("zombies"))
-    _plot_targets(axes[1][2], results.get("targets", []))
+    _plot_start(axes[1][2], "6. Import time (lower is better)", results.get("import"))
+    _plot_start(axes[2][0], "7. Init start-up (lower is better)", results.get("init"))
+    _plot_init_rss(axes[2][1], results.get("init_rss"))
+    _plot_targets(axes[2][2], results.get("targets", []))
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -403,11 +539,46 @@ def _plot_zombies(ax: Any, data: dict[str, Any] | None) -> None:
     ax.legend(fontsize="small", loc="upper left")
 
 
+def _plot_start(ax: Any, title: str, data: dict[str, Any] | None) -> None:
+    ax.set_title(title)
+    if data is None:
+        ax.set_axis_off()
+        return
+    names = list(data["contenders"])
+    values = [data["contenders"][n]["median_seconds"] * 1e3 for n in names]
+    colors = ["tab:orange" if n == data["target_row"] else "tab:blue" for n in names]
+    bars = ax.barh([textwrap.fill(n, 24) for n in names], values, color=colors)
+    for bar, name in zip(bars, names, strict=True):
+        ratio = data["contenders"][name]["ratio_to_baseline"]
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {_x(ratio)}", va="center")
+    ax.invert_yaxis()
+    ax.set_xlabel(f"median ms per fresh process (ratio to {data['baseline']})")
+    ax.set_xlim(0, max(values) * 1.2)
+    ax.tick_params(axis="y", labelsize="small")
+
+
+def _plot_init_rss(ax: Any, data: dict[str, Any] | None) -> None:
+    ax.set_title("8. Init resident memory (lower is better)")
+    if data is None:
+        ax.set_axis_off()
+        return
+    names = list(data["contenders"])
+    values = [data["contenders"][n]["median_vm_rss"] / 1024 / 1024 for n in names]
+    colors = ["tab:orange" if n == data["target_row"] else "tab:blue" for n in names]
+    ax.barh([textwrap.fill(n, 24) for n in names], values, color=colors)
+    ax.axvline(INIT_RSS_TARGET / 1024 / 1024, color="red", linewidth=0.8, label="target")
+    ax.invert_yaxis()
+    ax.set_xlabel("VmRSS while the program runs (MB)")
+    ax.tick_params(axis="y", labelsize="small")
+    ax.legend(fontsize="small")
+
+
 def _plot_targets(ax: Any, verdicts: list[dict[str, Any]]) -> None:
     ax.set_axis_off()
     ax.set_title(f"Targets ({TARGET_KEY})")
     lines = []
     for verdict in verdicts:
         state = {True: "met", False: "MISSED", None: "n/a"}[verdict["met"]]
-        lines.append(f"[{state}] {verdict['target']}:\n        {verdict['value']}")
+        lines.append(textwrap.fill(f"[{state}] {verdict['target']}:", 58, subsequent_indent="  "))
+        lines.append(f"        {verdict['value']}")
     ax.text(0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=9)
