@@ -70,7 +70,7 @@ nitpicky = True
 # cannot resolve; everything else still has to.
 _STDLIB_MODULES = (
     "asyncio|collections\\.abc|logging|multiprocessing|os|random|select|signal|subprocess"
-    "|threading|types"
+    "|resource|threading|types"
 )
 nitpick_ignore_regex = [(r"py:.*", rf"({_STDLIB_MODULES})\..*")]
 
