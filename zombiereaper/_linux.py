@@ -261,3 +261,18 @@ def can_be_subreaper() -> bool:
     except OSError:
         return False
     return True
+
+
+def read_name(pid: int) -> str | None:
+    """The command name of ``pid`` (/proc/PID/comm, as ``ps`` shows it), or None if unknown."""
+    try:
+        fd = os.open(f"/proc/{pid}/comm", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, _STAT_SIZE)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data.decode("utf-8", "replace").rstrip("\n") or None
