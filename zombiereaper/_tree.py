@@ -134,10 +134,16 @@ def can_stop_trees() -> bool:
     return True
 
 
-def hold(pid: int, fd: int) -> TreeProcess | None:
+def hold(pid: int, fd: int, *, root: bool = True) -> TreeProcess | None:
     """A root held by ``fd``, a pidfd that the caller has proven to name its child ``pid``.
 
     Takes ``fd`` over (closed with the TreeProcess, or here when None is returned).
+
+    Args:
+        pid: The child's pid.
+        fd: Its pidfd.
+        root: Whether its owner reaps it. False: nobody in this process waits for it (an
+            orphan that came back to this subreaper), and ``reap`` reaps it like a descendant.
 
     Returns:
         The root, or None when it has exited already (its children are orphans by now).
@@ -148,7 +154,7 @@ def hold(pid: int, fd: int) -> TreeProcess | None:
         os.close(fd)
         return None
     return TreeProcess(
-        pid, fd, name=name or "?", parent=stat.ppid, start_time=stat.start_time, root=True
+        pid, fd, name=name or "?", parent=stat.ppid, start_time=stat.start_time, root=root
     )
 
 
