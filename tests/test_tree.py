@@ -110,7 +110,7 @@ def test_tree_false_leaves_the_descendants_alone() -> None:
 
 def test_a_stubborn_descendant_is_killed_and_named_in_the_warning() -> None:
     """A descendant that ignores SIGTERM gets SIGKILL, and the RuntimeWarning names it."""
-    with pytest.warns(RuntimeWarning) as caught:  # noqa: PT031 - raised where the block ends
+    with pytest.warns(RuntimeWarning) as caught:
         with Reaper(stop_timeout=0.3, stop_tree=True) as reaper:
             child = reaper.spawn(STUBBORN_GRANDCHILD, stdout=subprocess.PIPE, text=True)
             stubborn = int(read_line(child.popen.stdout))
@@ -223,3 +223,43 @@ def test_stop_tree_of_this_process_children() -> None:
     assert code == str(-signal.SIGTERM)
     assert killed == grandchild
     assert _gone(int(grandchild))
+
+
+ORPHANING_TEST = """
+import subprocess
+from zombiereaper import _linux
+
+def test_orphans_a_grandchild(tmp_path_factory):
+    assert _linux.is_child_subreaper()  # while the test runs
+    # The shell exits at once: its background sleep is orphaned.
+    script = "sleep 779 >/dev/null 2>&1 & echo $!"
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    (tmp_path_factory.getbasetemp() / "pid").write_text(out.stdout.strip())
+"""
+
+SUBREAPER_AFTER = """
+from zombiereaper import _linux
+
+def pytest_sessionfinish(session):
+    print("subreaper after the tests:", _linux.is_child_subreaper())
+"""
+
+
+def test_the_plugin_reports_and_cleans_an_orphaned_grandchild(pytester: pytest.Pytester) -> None:
+    """The plugin's subreaper gets a test's orphaned grandchild back: reported, then stopped."""
+    pytester.makepyfile(ORPHANING_TEST)
+    pytester.makeconftest(SUBREAPER_AFTER)
+    before = {proc.pid for proc in psutil.Process().children()}
+    result = pytester.runpytest_subprocess(
+        *("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:xdist", "-s"),
+        *("--basetemp", str(pytester.path / ".." / "basetemp"), "--zombies=fail"),
+    )
+    pid = int((pytester.path / ".." / "basetemp" / "pid").resolve().read_text())
+    # Nothing came back to this process: the inner run stopped and reaped the sleep itself.
+    assert {proc.pid for proc in psutil.Process().children()} <= before
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [f"*pid {pid} still running: sleep 779 (nobody here waits for it: cleaned up)*"]
+    )
+    result.stdout.fnmatch_lines(["*subreaper after the tests: False"])
+    assert _gone(pid)
