@@ -499,8 +499,7 @@ def _stop_trees(children: Sequence[Child], timeout: float) -> None:
             stopping.wait(None)
         # The roots are ours: the Reaper reaps them (also when the relay is stuck).
         _wait_for(children, None)
-        if _reaps_returned(children):
-            stopping.reap_returned()
+        _reap_returned(children, stopping)
     finally:
         stopping.close()
     if not killed:
@@ -579,9 +578,19 @@ def _hold_root(child: Child) -> _tree.TreeProcess | None:
     return _tree.hold(child.pid, fd)
 
 
-def _reaps_returned(children: Sequence[Child]) -> bool:
-    """Whether descendants that come back to this process are ours to reap (no all scope)."""
-    return all(child._engine._all_scope is None for child in children)
+def _reap_returned(children: Sequence[Child], stopping: _tree.TreeStop) -> None:
+    """Reap the descendants that came back to this process (a subreaper), dead now.
+
+    An all-scope Reaper reaps (and records) orphans: it is asked first, for these pids only,
+    without their grace (we killed them: nobody else waits for them). What is left, when no
+    all scope is installed, is reaped through the pidfds, which reach nothing else.
+    """
+    engines = {id(child._engine): child._engine for child in children}
+    for proc in stopping.members:
+        if not proc.root and proc.has_exited():
+            for engine in engines.values():
+                engine.sweep_all_scope(only=proc.pid, skip_grace=True)
+    stopping.reap_returned()
 
 
 #: Why tree=True is refused.
