@@ -22,6 +22,7 @@ LAYERS = [
     "zombiereaper._errors",
     "zombiereaper._status",
     "zombiereaper._linux",
+    "zombiereaper._tree",
     "zombiereaper._fds",
     "zombiereaper._registry",
     "zombiereaper._process",

@@ -16,7 +16,7 @@ import subprocess
 import time
 from typing import TYPE_CHECKING, Any, Final, Self
 
-from . import _engine
+from . import _engine, _tree
 from ._errors import (
     NotOurChildError,
     ReaperError,
@@ -213,26 +213,36 @@ class Child:
         """Send SIGKILL to the child (nothing if it has already been reaped)."""
         self.send_signal(signal.SIGKILL)
 
-    def stop(self, timeout: float | None = None) -> ExitStatus:
+    def stop(self, timeout: float | None = None, *, tree: bool = False) -> ExitStatus:
         """Stop the child: SIGTERM, wait, then SIGKILL if it still runs, and wait again.
 
         Args:
             timeout: Seconds between SIGTERM and SIGKILL; None takes the Reaper's
                 ``stop_timeout``.
+            tree: Stop the child's descendants too: the child and every descendant are
+                frozen (SIGSTOP, so that none escapes by forking meanwhile), all get SIGTERM
+                and SIGCONT, then up to ``timeout`` seconds to end, and SIGKILL if they still
+                run. Each is held by a pidfd, so no signal reaches a process that took a pid
+                later. A descendant that was already an orphan (a double-forked daemon) is
+                no longer in the tree and is not stopped. Needs pidfds (Linux 5.3+).
 
         Returns:
             The exit status (already there if the child had exited).
 
         Raises:
             StatusLostError: Other code reaped the child and took its status.
+            TypeError: ``tree`` is not a bool.
+            ReaperError: ``tree=True`` on a system without pidfds.
 
         Warns:
-            RuntimeWarning: The child ignored SIGTERM and was killed.
+            RuntimeWarning: The child (or, with ``tree``, a descendant) ignored SIGTERM and
+                was killed; the warning names each process killed.
         """
+        check_tree(tree, "Child.stop()")
         status = self.poll()
         if status is not None:
             return status
-        stop_children([self], self._stop_timeout if timeout is None else timeout)
+        stop_children([self], self._stop_timeout if timeout is None else timeout, tree=tree)
         return self._result()
 
     # --- protocol ---------------------------------------------------------------------------
@@ -439,12 +449,15 @@ def on_settled(child: Child, callback: Callable[[Child], object]) -> None:
     child._engine.on_settled(child._watch, functools.partial(callback, child))
 
 
-def stop_children(children: Sequence[Child], timeout: float) -> None:
+def stop_children(children: Sequence[Child], timeout: float, *, tree: bool = False) -> None:
     """Stop ``children`` together: SIGTERM to all, one shared wait, SIGKILL to the rest.
 
     Children not yet reported settled are also checked directly while waiting, so that an
     exit is seen even when what normally reports it is stuck: nothing here waits on the relay
     (issue 11, race 7), and a child that has exited is never called one that "still ran".
+
+    With ``tree``, each child's descendants are stopped with it (zombiereaper._tree): all are
+    frozen, then SIGTERM, SIGCONT, the shared wait, and SIGKILL for what remains.
 
     Warns:
         RuntimeWarning: Some ignored SIGTERM and were killed (sent once all are reaped: with
@@ -452,6 +465,9 @@ def stop_children(children: Sequence[Child], timeout: float) -> None:
             running).
     """
     if not children:
+        return
+    if tree:
+        _stop_trees(children, timeout)
         return
     for child in children:
         child.terminate()
@@ -470,6 +486,133 @@ def stop_children(children: Sequence[Child], timeout: float) -> None:
             f"(pids {', '.join(str(child.pid) for child in stubborn)}); sent SIGKILL"
         )
     warn_at_caller(message, RuntimeWarning)
+
+
+def _stop_trees(children: Sequence[Child], timeout: float) -> None:
+    """Stop ``children`` and all their descendants; see :func:`stop_children`."""
+    stopping, unheld = begin_tree_stop(children)
+    try:
+        deadline = None if math.isinf(timeout) else time.monotonic() + timeout
+        killed = [f"pid {child.pid}" for child in kill_unheld(unheld, deadline)]
+        if not stopping.wait(deadline):
+            killed += [proc.describe() for proc in stopping.kill()]
+            stopping.wait(None)
+        # The roots are ours: the Reaper reaps them (also when the relay is stuck).
+        _wait_for(children, None)
+        _reap_returned(children, stopping)
+    finally:
+        stopping.close()
+    if not killed:
+        return
+    if len(killed) == 1:
+        message = f"{killed[0]} still ran {timeout:g} s after SIGTERM; sent SIGKILL"
+    else:
+        message = (
+            f"{len(killed)} processes still ran {timeout:g} s after SIGTERM "
+            f"({', '.join(killed)}); sent SIGKILL"
+        )
+    warn_at_caller(message, RuntimeWarning)
+
+
+def begin_tree_stop(children: Sequence[Child]) -> tuple[_tree.TreeStop, list[Child]]:
+    """Hold each running child's tree, freeze it, and send it SIGTERM and SIGCONT.
+
+    Returns:
+        The trees being stopped, and the children that could not be held (out of
+        descriptors): those got a plain SIGTERM, their descendants nothing.
+
+    Raises:
+        ReaperError: Pidfds are missing here.
+    """
+    if not _tree.can_stop_trees():
+        raise ReaperError(_NO_TREES)
+    roots = []
+    unheld = []
+    for child in children:
+        try:
+            root = _hold_root(child)
+        except OSError:  # EMFILE, ENFILE, ENOMEM: no room for a pidfd
+            unheld.append(child)
+            child.terminate()
+            continue
+        if root is not None:
+            roots.append(root)
+    stopping = _tree.TreeStop(roots)
+    try:
+        stopping.terminate()
+    except BaseException:
+        stopping.close()
+        raise
+    return stopping, unheld
+
+
+def kill_unheld(unheld: Sequence[Child], deadline: float | None) -> list[Child]:
+    """Wait for ``unheld`` children until ``deadline``, SIGKILL those left; return them."""
+    if not unheld:
+        return []
+    _wait_for(unheld, deadline)
+    stubborn = [child for child in unheld if not child._watch.settled]
+    for child in stubborn:
+        child.kill()
+    return stubborn
+
+
+def _hold_root(child: Child) -> _tree.TreeProcess | None:
+    """Hold ``child`` by a pidfd proven to be its own; None once it has exited.
+
+    The pidfd names whatever had the pid when it was opened. The signal 0 that follows goes
+    through the child's own machinery, which never reaches a process that took its pid: if it
+    reaches the child, the child had the pid all along, so at the opening too.
+
+    Raises:
+        OSError: No room for a pidfd (EMFILE, ENFILE, ENOMEM).
+    """
+    child._check_process()
+    try:
+        fd = os.pidfd_open(child.pid)
+    except ProcessLookupError:
+        return None
+    if not child._engine.send_signal(child._watch, 0):
+        os.close(fd)
+        return None
+    return _tree.hold(child.pid, fd)
+
+
+def _reap_returned(children: Sequence[Child], stopping: _tree.TreeStop) -> None:
+    """Reap the descendants that came back to this process (a subreaper), dead now.
+
+    An all-scope Reaper reaps (and records) orphans: it is asked first, for these pids only,
+    without their grace (we killed them: nobody else waits for them). What is left, when no
+    all scope is installed, is reaped through the pidfds, which reach nothing else.
+    """
+    engines = {id(child._engine): child._engine for child in children}
+    for proc in stopping.members:
+        if not proc.root and proc.has_exited():
+            for engine in engines.values():
+                engine.sweep_all_scope(only=proc.pid, skip_grace=True)
+    stopping.reap_returned()
+
+
+#: Why tree=True is refused.
+_NO_TREES: Final = (
+    "stopping a process tree needs pidfds (Linux 5.3+) and /proc, which this system lacks; "
+    "stop the children alone (tree=False), or put them in a process group and signal it"
+)
+
+
+def check_tree(tree: object, what: str, name: str = "tree") -> None:
+    """Refuse a ``tree`` or ``stop_tree`` argument (``name``) that is not a bool.
+
+    Raises:
+        TypeError: It is not a bool.
+        ReaperError: It is True where trees cannot be stopped (no pidfds).
+    """
+    if not isinstance(tree, bool):
+        raise TypeError(
+            f"{what}: {name} must be True or False, got {tree!r} ({type(tree).__name__})"
+        )
+    if tree and not _tree.can_stop_trees():
+        raise ReaperError(f"{what}: {_NO_TREES}")
 
 
 def _wait_for(children: Sequence[Child], deadline: float | None) -> None:

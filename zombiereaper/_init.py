@@ -41,8 +41,6 @@ if TYPE_CHECKING:
     from types import FrameType
     from typing import Final, TextIO
 
-    import psutil
-
 #: Exit statuses of the init itself, as shells and tini use them.
 EXIT_NOT_FOUND: Final = 127
 EXIT_CANNOT_EXECUTE: Final = 126
@@ -480,47 +478,30 @@ def _reap_exited(program: int, log: InitLog) -> int | None:
 
 
 def _drain(seconds: float, log: InitLog) -> None:
-    """TERM every remaining descendant, wait up to ``seconds``, KILL the rest (reaped after)."""
-    import psutil  # noqa: PLC0415 - only a drain needs it
+    """Stop every remaining descendant as a tree (see zombiereaper._tree); reaped after.
 
-    descendants = _live_descendants()
-    if not descendants:
+    Frozen first, so that none escapes by forking; then SIGTERM and SIGCONT (a stopped
+    process could not act on SIGTERM: systemd does the same), up to ``seconds`` to end, and
+    SIGKILL for the rest. Each process is held and signalled through a pidfd: never a
+    recycled pid.
+    """
+    from . import _tree  # noqa: PLC0415 - only a drain needs it
+
+    if not _tree.can_stop_trees():
+        log.say("cannot drain: stopping the remaining processes needs pidfds (Linux 5.3+)")
         return
-    log.debug(f"draining {len(descendants)} process(es): SIGTERM")
-    for proc in descendants:
-        try:
-            proc.terminate()  # psutil checks pid and start time: never a recycled pid
-            proc.resume()  # a stopped process could not act on SIGTERM (systemd does the same)
-        except psutil.NoSuchProcess:
-            pass
-    deadline = time.monotonic() + seconds
-    while _live_descendants() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    stubborn = _live_descendants()
-    if stubborn:
-        log.debug(f"{len(stubborn)} process(es) still ran after {seconds:g} s: SIGKILL")
-    # Again and again: a descendant may fork between the listing and the kill.
-    while stubborn:
-        for proc in stubborn:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        time.sleep(0.01)
-        stubborn = _live_descendants()
-
-
-def _live_descendants() -> list[psutil.Process]:
-    import psutil  # noqa: PLC0415 - only a drain needs it
-
-    alive = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
+    stopping = _tree.TreeStop(None)
+    try:
+        stopping.terminate()
+        if not stopping.members:
+            return
+        log.debug(f"draining {len(stopping.members)} process(es): SIGTERM")
+        if not stopping.wait(time.monotonic() + seconds):
+            killed = stopping.kill()
+            log.debug(f"{len(killed)} process(es) still ran after {seconds:g} s: SIGKILL")
+            stopping.wait(None)
+    finally:
+        stopping.close()
 
 
 def exit_status(wait_status: int, options: InitOptions, log: InitLog) -> int:

@@ -145,12 +145,21 @@ def _escape(char: str) -> str:
 
 
 def read_name(pid: int) -> str:
-    """The name of ``pid`` (/proc/PID/comm), made :func:`printable`; "?" if it cannot be read."""
+    """The command name of ``pid`` (/proc/PID/comm, as ``ps`` shows it), made :func:`printable`.
+
+    "?" when it cannot be read (gone, no /proc, out of descriptors).
+    """
     try:
-        with open(f"/proc/{pid}/comm", "rb") as file:
-            return printable(os.fsdecode(file.read().rstrip(b"\n")))
+        fd = os.open(f"/proc/{pid}/comm", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return "?"
+    try:
+        data = os.read(fd, _STAT_SIZE)
+    except OSError:
+        return "?"
+    finally:
+        os.close(fd)
+    return printable(os.fsdecode(data.rstrip(b"\n"))) or "?"
 
 
 @functools.cache

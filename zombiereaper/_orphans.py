@@ -123,6 +123,20 @@ def _multiprocessing_helpers() -> set[int]:
     return pids
 
 
+def unowned(pids: set[int]) -> set[int]:
+    """Those of the children ``pids`` that no owner in this process is known to wait for.
+
+    Owners are the ones the sweep looks for (a live Popen, a multiprocessing Process or
+    helper, a pidfd held, an installed Reaper's included). What is left is an orphan that came
+    back to this process as a subreaper, or a raw ``os.fork()`` child nobody waits for.
+    """
+    held = _linux.pidfd_targets()
+    left = pids - held - _multiprocessing_helpers()
+    left -= _live_popens(left).keys()
+    left -= _live_processes(left).keys()
+    return left
+
+
 # --- the sweep ------------------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ from ._child import (
     RunPopen,
     SpawnedChild,
     check_timeout,
+    check_tree,
     close_pipes,
     stop_children,
     wait_for_watch,
@@ -110,12 +111,17 @@ class Reaper:
             whoever may still wait for it before it is reaped (0.75 by default).
         subreaper: All scope, Linux: make this process a child subreaper while installed, so
             that orphaned descendants (double-forked daemons included) come back to it.
+        stop_tree: When the Reaper is uninstalled, stop each child with its descendants
+            (:meth:`Child.stop` with ``tree=True``): the whole trees are frozen, then get
+            SIGTERM, and SIGKILL after ``stop_timeout``. Also the default of
+            :meth:`supervise`'s ``stop_tree``. Needs pidfds (Linux 5.3+).
 
     Raises:
+        TypeError: ``stop_tree`` is not a bool.
         ValueError: An argument is out of range or not one of the choices.
         BackendUnavailableError: ``backend="pidfd"`` on a system without pidfds.
         ReaperError: ``subreaper=True`` without ``scope="all"``, or where the system has no
-            subreaper flag.
+            subreaper flag; ``stop_tree=True`` where it has no pidfds.
     """
 
     def __init__(
@@ -128,7 +134,9 @@ class Reaper:
         backend: BackendName | None = None,
         grace: float = DEFAULT_GRACE,
         subreaper: bool = False,
+        stop_tree: bool = False,
     ) -> None:
+        check_tree(stop_tree, "Reaper()", "stop_tree")
         if scope not in _SCOPES:
             raise ValueError(f"scope must be 'owned' or 'all', got {scope!r}")
         if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
@@ -182,6 +190,7 @@ class Reaper:
         self._lost: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._grace = float(grace)
         self._subreaper = subreaper
+        self._stop_tree = stop_tree
         self._subreaper_before: bool | None = None
         self._all_scope: AllScope | None = None
         self._services: list[Service] = []
@@ -202,6 +211,11 @@ class Reaper:
     def stop_timeout(self) -> float:
         """Seconds between SIGTERM and SIGKILL when children are stopped."""
         return self._stop_timeout
+
+    @property
+    def stop_tree(self) -> bool:
+        """Whether uninstalling stops each child's descendants with it."""
+        return self._stop_tree
 
     @property
     def installed(self) -> bool:
@@ -261,8 +275,10 @@ class Reaper:
         """Stop every Service and every child this Reaper still owns, reap them, stop reaping.
 
         Services stop first, the newest first; then children get SIGTERM, and SIGKILL after
-        ``stop_timeout`` seconds. Nothing this Reaper spawned outlives the call, as a process
-        or as a zombie. Does nothing when the Reaper is not installed.
+        ``stop_timeout`` seconds. No child of this Reaper outlives the call, as a process or
+        as a zombie; with ``stop_tree=True`` neither do their descendants, but for those that
+        were orphans already (a double-forked daemon). Does nothing when the Reaper is not
+        installed.
 
         Interrupted (a KeyboardInterrupt while it waits for children to stop), the Reaper
         stays installed, with the children that still run: call ``uninstall()`` again.
@@ -340,7 +356,7 @@ class Reaper:
         self.uninstall()
 
     def _stop_children(self, engine: _engine.Engine) -> None:
-        stop_children(self.children, self._stop_timeout)
+        stop_children(self.children, self._stop_timeout, tree=self._stop_tree)
 
     def _begin_adoption(self, what: str) -> _engine.Engine:
         """Count a spawn() or watch() in flight (uninstall() waits for it to publish)."""
@@ -618,6 +634,7 @@ class Reaper:
         backoff: Backoff | None = None,
         intensity: Intensity | None = None,
         stop_timeout: float | None = None,
+        stop_tree: bool | None = None,
         on_event: Callable[[ServiceEvent], object] | None = None,
         target_args: Sequence[Any] = (),
         target_kwargs: Mapping[str, Any] | None = None,
@@ -646,6 +663,8 @@ class Reaper:
                 defaults: 5 in 60 s).
             stop_timeout: Seconds between SIGTERM and SIGKILL when copies are stopped (None:
                 the Reaper's; ``math.inf``: never SIGKILL).
+            stop_tree: Stop each copy with its descendants (see :meth:`Child.stop`'s
+                ``tree``) whenever copies are stopped; None: the Reaper's ``stop_tree``.
             on_event: Called with each :class:`ServiceEvent`; events are also logged.
             target_args: Positional arguments for ``target``.
             target_kwargs: Keyword arguments for ``target``.
@@ -659,7 +678,8 @@ class Reaper:
             The running Service.
 
         Raises:
-            TypeError: An argument of the wrong type (``backoff=5``, ``target=42``...).
+            TypeError: An argument of the wrong type (``backoff=5``, ``target=42``,
+                ``stop_tree="yes"``...).
             ValueError: Both or neither of ``args`` and ``target``, ``replicas`` < 1, an unknown
                 policy or start method, a negative ``stop_timeout``, an empty ``args`` or
                 ``name``, Popen keywords with ``target``, or ``target_args``,
@@ -673,6 +693,8 @@ class Reaper:
             target_args=target_args, target_kwargs=target_kwargs, start_method=start_method,
             clock=clock, rng=rng, spawn_kwargs=spawn_kwargs,
         )  # fmt: skip
+        if stop_tree is not None:
+            check_tree(stop_tree, "supervise()", "stop_tree")
         engine = self._engine
         if engine is None:
             raise self._not_installed("supervise()")
@@ -694,6 +716,7 @@ class Reaper:
             backoff=backoff or Backoff(),
             intensity=intensity or Intensity(),
             stop_timeout=stop_timeout,
+            stop_tree=self._stop_tree if stop_tree is None else stop_tree,
             on_event=on_event,
             clock=clock or EngineClock(engine),
             rng=rng or random.Random(),

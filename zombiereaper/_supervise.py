@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from . import _engine
-from ._child import on_settled, stop_children
+from ._child import begin_tree_stop, kill_unheld, on_settled, stop_children
 from ._errors import ReaperError
 
 if TYPE_CHECKING:
@@ -337,6 +337,7 @@ class Service:
         stop_timeout: float | None,
         on_event: Callable[[ServiceEvent], object] | None,
         clock: Clock,
+        stop_tree: bool = False,
         rng: random.Random,
     ) -> None:
         self.name = name
@@ -346,6 +347,7 @@ class Service:
         self._backoff = backoff
         self._intensity = intensity
         self._stop_timeout = stop_timeout
+        self._stop_tree = stop_tree
         self._on_event = on_event
         self._clock = clock
         self._rng = rng
@@ -604,16 +606,55 @@ class Service:
         grace = timeout if timeout is not None else self._stop_timeout
         if nonblocking:
             if not already:
+                kill_after = grace if grace is not None else self._reaper.stop_timeout
+                if self._stop_tree:
+                    self._stop_trees_later(children, kill_after)
+                    return
                 for child in children:
                     child.terminate()
-                kill_after = grace if grace is not None else self._reaper.stop_timeout
                 self._kill_later(children, kill_after)
             return
         if not already:
-            stop_children(children, grace if grace is not None else self._reaper.stop_timeout)
+            stop_children(
+                children,
+                grace if grace is not None else self._reaper.stop_timeout,
+                tree=self._stop_tree,
+            )
         with self._handled:
             # Returns once every exit has been handled: events told, pipes closed.
             self._handled.wait_for(lambda: self._final)
+
+    def _stop_trees_later(self, children: list[Child], delay: float) -> None:
+        """Freeze and SIGTERM the copies' trees now; SIGKILL what still runs in ``delay`` s.
+
+        Nothing here waits (this runs on the reaping thread, or after a failure): the freeze
+        only sends signals and reads /proc, and the timer sends the SIGKILLs.
+        """
+        stopping, unheld = begin_tree_stop(children)
+
+        def kill_the_stubborn() -> None:
+            try:
+                kill_unheld(unheld, time.monotonic())
+                killed = stopping.kill()
+                if killed:
+                    logger.warning(
+                        "%s: %s still ran %g s after SIGTERM; sent SIGKILL",
+                        self.name,
+                        ", ".join(proc.describe() for proc in killed),
+                        delay,
+                    )
+            except Exception:
+                logger.exception("%s could not kill the trees of its copies", self.name)
+            finally:
+                stopping.close()
+
+        # Not self._killer, which the end of the Service cancels: the copies may all have
+        # exited by then while descendants that ignored SIGTERM still run.
+        try:
+            self._clock.call_later(delay, kill_the_stubborn)
+        except Exception:
+            logger.exception("%s could not schedule SIGKILL; sending it now", self.name)
+            kill_the_stubborn()
 
     def _kill_later(self, children: list[Child], delay: float) -> None:
         """Send SIGKILL to those of ``children`` that still run in ``delay`` seconds."""
@@ -670,7 +711,7 @@ class Service:
                     raise
                 self._update_state()
             if old is not None:
-                old.stop(self._stop_timeout)
+                old.stop(self._stop_timeout, tree=self._stop_tree)
 
     def scale(self, replicas: int) -> None:
         """Run ``replicas`` copies: start new ones, or stop the highest-numbered ones.
@@ -699,7 +740,7 @@ class Service:
                     retired.append(replica.child)
             self._update_state()
         for child in retired:
-            child.stop(self._stop_timeout)
+            child.stop(self._stop_timeout, tree=self._stop_tree)
 
     def wait(self, timeout: float | None = None) -> ServiceState:
         """Block until the Service is ``stopped`` or ``failed``; return that state.

@@ -9,12 +9,20 @@ test error at teardown, ``--zombies=off`` skips the check; the ``zombies`` ini o
 same. multiprocessing's fork server and resource tracker live for the whole run by design and
 are not leaks, and neither is zombiereaper's own relay (started while an installed Reaper
 watches hundreds of children).
+
+While a test runs (setup and teardown included), the test process is a child subreaper (on
+Linux), so that the orphans of the test's grandchildren (a daemon it double-forked, a
+grandchild whose parent was killed) come back to it instead of to PID 1: they are reported
+like leaked children. Those that nobody in the process waits for are then cleaned up: stopped
+with their own descendants (SIGTERM, then SIGKILL) and reaped. The subreaper flag is put back
+as it was after each test.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
@@ -22,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, cast
 import psutil
 import pytest
 
-from . import _engine
+from . import _engine, _linux, _orphans, _tree
 from ._errors import ChildLeakWarning, ReaperError
 from ._reaper import Reaper
 
@@ -47,6 +55,11 @@ _REAPER_KEYWORDS: Final = tuple(f"{name}=" for name in inspect.signature(Reaper)
 #: session-scoped fixture during this test's setup is that fixture's, kept on purpose).
 _BEFORE_SETUP: Final = pytest.StashKey[frozenset[tuple[int, float]]]()
 _BEFORE_CALL: Final = pytest.StashKey[frozenset[tuple[int, float]]]()
+#: Whether the test process was a subreaper before the test (restored after it).
+_SUBREAPER_BEFORE: Final = pytest.StashKey[bool]()
+
+#: Seconds a leftover that nobody waits for has, after SIGTERM, before SIGKILL.
+_CLEAN_TIMEOUT: Final = 1.0
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -219,24 +232,71 @@ def _leftovers(
     return found
 
 
-def _describe(proc: psutil.Process) -> str | None:
+def _describe(proc: psutil.Process, unowned: bool) -> str | None:
+    cleaned = " (nobody here waits for it: cleaned up)" if unowned else ""
     try:
         if proc.status() == psutil.STATUS_ZOMBIE:
             # The kernel forgets a process's command line when it exits: only its name is left.
-            return f"zombie pid {proc.pid} ({proc.name()}): exited, never waited for"
+            return f"zombie pid {proc.pid} ({proc.name()}): exited, never waited for{cleaned}"
         command = " ".join(proc.cmdline()) or proc.name()
-        return f"pid {proc.pid} still running: {command}"
+        return f"pid {proc.pid} still running: {command}{cleaned}"
     except psutil.NoSuchProcess:
         return None
     except psutil.Error:
-        return f"pid {proc.pid}"
+        return f"pid {proc.pid}{cleaned}"
+
+
+def _clean(left: list[psutil.Process]) -> None:
+    """Stop (with their descendants) and reap the leftovers that nobody here waits for.
+
+    Each is held by a pidfd, checked to be the very process listed (this process's child,
+    with the start time seen), so neither a signal nor the reap can reach another process.
+    """
+    held: list[_tree.TreeProcess] = []
+    for proc in left:
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except OSError:
+            continue  # gone, or no room for a pidfd: left as it is
+        try:
+            same = proc.ppid() == os.getpid() and proc.is_running()  # is_running: start time
+        except psutil.Error:
+            same = False
+        member = _tree.hold(proc.pid, fd, root=False) if same else None
+        if member is not None:
+            held.append(member)
+        elif same:
+            # Exited already (hold() closed its pidfd): reap the zombie through a new one,
+            # checked the same way.
+            _reap_zombie(proc)
+        else:
+            os.close(fd)
+    if held:
+        _tree.stop_tree(held, _CLEAN_TIMEOUT, reap=True)
+
+
+def _reap_zombie(proc: psutil.Process) -> None:
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:
+        return
+    try:
+        if proc.ppid() == os.getpid() and proc.is_running():
+            os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+    except (psutil.Error, ChildProcessError):
+        pass
+    finally:
+        os.close(fd)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
-    """Note the children that exist before the test and its fixtures start."""
+    """Note the children that exist before the test and its fixtures start; be a subreaper."""
     if _mode(item.config) != "off":
         item.stash[_BEFORE_SETUP] = _snapshot()
+        if _linux.can_be_subreaper():
+            item.stash[_SUBREAPER_BEFORE] = _linux.is_child_subreaper()
+            _linux.set_child_subreaper(True)
     return (yield)
 
 
@@ -250,8 +310,19 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
-    """After the fixtures are torn down, report what the test left behind."""
+    """After the fixtures are torn down, report what the test left behind, and clean orphans."""
     result = yield
+    try:
+        return _check_leftovers(item, result)
+    finally:
+        before = item.stash.get(_SUBREAPER_BEFORE, None)
+        if before is not None:
+            # Restored, not cleared: an outer init may have made this process a subreaper.
+            _linux.set_child_subreaper(before)
+            del item.stash[_SUBREAPER_BEFORE]
+
+
+def _check_leftovers(item: pytest.Item, result: None) -> None:
     mode = _mode(item.config)
     before_setup = item.stash.get(_BEFORE_SETUP, None)
     if mode == "off" or before_setup is None:
@@ -262,7 +333,11 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     while left and time.monotonic() < deadline:
         time.sleep(0.01)
         left = _leftovers(before_setup, before_call)
-    described = [text for text in map(_describe, left) if text is not None]
+    unowned = _orphans.unowned({proc.pid for proc in left}) if left else set()
+    described = [
+        text for proc in left if (text := _describe(proc, proc.pid in unowned)) is not None
+    ]
+    _clean([proc for proc in left if proc.pid in unowned])
     if not described:
         return result
     message = (
