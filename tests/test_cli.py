@@ -665,7 +665,13 @@ def test_drain_wakes_a_stopped_descendant_so_that_it_obeys_sigterm() -> None:
 @pytest.mark.skipif(not _linux.can_be_subreaper(), reason="needs PR_SET_CHILD_SUBREAPER")
 def test_drain_outlasts_a_descendant_that_keeps_forking() -> None:
     """--drain kills again until nothing is left, however often a descendant forks."""
-    program = "(trap '' TERM; while :; do sleep 30 & sleep 0.001; done) & exit 0"
+    # The program exits only once the subshell ignores SIGTERM (a line through a FIFO): the
+    # drain must then need SIGKILL, never find a subshell that SIGTERM still kills.
+    program = (
+        'fifo="$(mktemp -u)"; mkfifo "$fifo"; '
+        "(trap '' TERM; echo ready > \"$fifo\"; while :; do sleep 30 & sleep 0.001; done) & "
+        'read line < "$fifo"; rm "$fifo"; exit 0'
+    )
     result = run_cli("run", "-s", "-v", "--drain", "0.3", "--", "sh", "-c", program, timeout=20)
     assert result.returncode == 0
     assert "SIGKILL" in result.stderr
