@@ -16,7 +16,7 @@ import sys
 import pytest
 from hypothesis import given
 
-from zombiereaper._cli import build_parser, parse_run_arguments
+from zombiereaper._cli import build_parser, parse_run_arguments, run_options
 from zombiereaper._init import InitOptions
 
 from .strategies import run_option_words, run_programs
@@ -103,20 +103,7 @@ def _argparse_reading(args: list[str]) -> InitOptions | None:
             parsed = parser.parse_args(["run", *args])
     except SystemExit:
         return None
-    program = list(parsed.program)
-    if program[:1] == ["--"]:
-        program = program[1:]
-    if not program:
-        return None
-    return InitOptions(
-        argv=program,
-        group=parsed.group,
-        subreaper=parsed.subreaper,
-        rewrite=dict(parsed.rewrite),
-        remap_exit=frozenset(parsed.remap_exit),
-        drain=parsed.drain,
-        verbose=parsed.verbose,
-    )
+    return run_options(parsed)
 
 
 @given(options=run_option_words, program=run_programs)

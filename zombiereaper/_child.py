@@ -16,7 +16,7 @@ import subprocess
 import time
 from typing import TYPE_CHECKING, Any, Final, Self
 
-from . import _engine, _tree
+from . import _engine, _fds, _process, _tree
 from ._errors import (
     NotOurChildError,
     ReaperError,
@@ -224,7 +224,7 @@ class Child:
                 and SIGCONT, then up to ``timeout`` seconds to end, and SIGKILL if they still
                 run. Each is held by a pidfd, so no signal reaches a process that took a pid
                 later. A descendant that was already an orphan (a double-forked daemon) is
-                no longer in the tree and is not stopped. Needs pidfds (Linux 5.3+).
+                no longer in the tree and is not stopped. Needs pidfds (Linux 5.4+).
 
         Returns:
             The exit status (already there if the child had exited).
@@ -569,11 +569,11 @@ def _hold_root(child: Child) -> _tree.TreeProcess | None:
     """
     child._check_process()
     try:
-        fd = os.pidfd_open(child.pid)
+        fd = _process.open_pidfd(child.pid)
     except ProcessLookupError:
         return None
     if not child._engine.send_signal(child._watch, 0):
-        os.close(fd)
+        _fds.close(fd, _fds.generation())
         return None
     return _tree.hold(child.pid, fd)
 
@@ -595,7 +595,7 @@ def _reap_returned(children: Sequence[Child], stopping: _tree.TreeStop) -> None:
 
 #: Why tree=True is refused.
 _NO_TREES: Final = (
-    "stopping a process tree needs pidfds (Linux 5.3+) and /proc, which this system lacks; "
+    "stopping a process tree needs pidfds (Linux 5.4+) and /proc, which this system lacks; "
     "stop the children alone (tree=False), or put them in a process group and signal it"
 )
 

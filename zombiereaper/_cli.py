@@ -253,18 +253,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from ._init import InitOptions, run_init
+    from ._init import run_init
 
-    program = list(args.program)
-    if program and program[0] == "--":
-        program = program[1:]
-    if not program:
+    options = run_options(args)
+    if options is None:
         parser.exit(
             2,
             "usage: zombiereaper run [options] -- PROGRAM [ARGS...]\n"
             "zombiereaper run: error: no PROGRAM to run\n",
         )
-    options = InitOptions(
+    return run_init(options)
+
+
+def run_options(args: argparse.Namespace) -> InitOptions | None:
+    """What argparse read from a ``run`` command line; None when it names no program."""
+    from ._init import InitOptions
+
+    program = list(args.program)
+    if program[:1] == ["--"]:
+        program = program[1:]
+    if not program:
+        return None
+    return InitOptions(
         argv=program,
         group=args.group,
         subreaper=args.subreaper,
@@ -273,7 +283,6 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         drain=args.drain,
         verbose=args.verbose,
     )
-    return run_init(options)
 
 
 def _zombies(args: argparse.Namespace) -> int:

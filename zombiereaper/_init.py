@@ -488,7 +488,7 @@ def _drain(seconds: float, log: InitLog) -> None:
     from . import _tree  # noqa: PLC0415 - only a drain needs it
 
     if not _tree.can_stop_trees():
-        log.say("cannot drain: stopping the remaining processes needs pidfds (Linux 5.3+)")
+        log.say("cannot drain: stopping the remaining processes needs pidfds (Linux 5.4+)")
         return
     stopping = _tree.TreeStop(None)
     try:

@@ -416,7 +416,7 @@ def send_signal_checked(
     return _checked(
         pid,
         lambda _strict: still_ours(),
-        lambda fd: _signal_pidfd(fd, pid, sig, group),
+        lambda fd: signal_pidfd(fd, pid, sig, group),
         lambda: _kill(pid, sig, group=group),
         False,
     )
@@ -476,8 +476,13 @@ def _with_room(action: Callable[[], T], degraded: Callable[[], T]) -> T:
     return degraded()
 
 
-def _signal_pidfd(fd: int, pid: int, sig: int, group: bool) -> bool:
-    """Signal the process behind ``fd`` (``group``: the process group it leads)."""
+def signal_pidfd(fd: int, pid: int, sig: int, group: bool = False) -> bool:
+    """Signal the process behind ``fd`` (``group``: the process group it leads).
+
+    Returns:
+        False when it has been reaped (ESRCH), or, for a group before Linux 6.9, when it is
+        no longer our unreaped child.
+    """
     try:
         if not group:
             signal.pidfd_send_signal(fd, sig)
@@ -678,7 +683,7 @@ class ProcessRef:
             Whether a signal was sent (False: the process is gone).
         """
         if self._fd is not None:
-            return _signal_pidfd(self._fd, self.pid, sig, group)
+            return signal_pidfd(self._fd, self.pid, sig, group)
 
         def still_ours(strict: bool) -> bool:
             # A group by id (no pidfd): only while the leader is unreaped keeps the id its own.
@@ -687,7 +692,7 @@ class ProcessRef:
         return _checked(
             self.pid,
             still_ours,
-            lambda fd: _signal_pidfd(fd, self.pid, sig, group),
+            lambda fd: signal_pidfd(fd, self.pid, sig, group),
             lambda: _kill(self.pid, sig, group=group),
             False,
         )

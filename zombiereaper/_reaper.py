@@ -114,7 +114,7 @@ class Reaper:
         stop_tree: When the Reaper is uninstalled, stop each child with its descendants
             (:meth:`Child.stop` with ``tree=True``): the whole trees are frozen, then get
             SIGTERM, and SIGKILL after ``stop_timeout``. Also the default of
-            :meth:`supervise`'s ``stop_tree``. Needs pidfds (Linux 5.3+).
+            :meth:`supervise`'s ``stop_tree``. Needs pidfds (Linux 5.4+).
 
     Raises:
         TypeError: ``stop_tree`` is not a bool.

@@ -21,19 +21,19 @@ before the freeze, so it is nobody's descendant any more, unless it came back to
 as a subreaper and the caller stops this process's children), and a process that a member
 forks after its SIGCONT and that outlives its parent (a SIGTERM handler that spawns a helper).
 
-Imports stay cheap: the init's drain uses this module.
+Every pidfd is opened, signalled, waited on and closed through zombiereaper._process and
+zombiereaper._fds, the home of those calls: a process forked meanwhile holds none of them.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import select
 import signal
 import time
 
-from . import _linux
+from . import _fds, _linux, _process
 
 # `typing` costs the init (whose --drain uses this module) as much as starting Python: type
 # checkers treat any name TYPE_CHECKING as true, Python never imports what is under it.
@@ -65,13 +65,14 @@ class TreeProcess:
         root: Whether it was given as a root (reaped by its owner, not here).
     """
 
-    __slots__ = ("fd", "name", "parent", "pid", "root", "start_time")
+    __slots__ = ("_born", "fd", "name", "parent", "pid", "root", "start_time")
 
     def __init__(
         self, pid: int, fd: int, *, name: str, parent: int, start_time: int, root: bool
     ) -> None:
         self.pid = pid
         self.fd: int | None = fd
+        self._born = _fds.generation()
         self.name = name
         self.parent = parent
         self.start_time = start_time
@@ -82,11 +83,7 @@ class TreeProcess:
         fd = self.fd
         if fd is None:
             return False
-        try:
-            signal.pidfd_send_signal(fd, sig)
-        except ProcessLookupError:
-            return False
-        return True
+        return _process.signal_pidfd(fd, self.pid, sig)
 
     def has_exited(self) -> bool:
         """Whether the process has exited (a zombie counts, and so does a reaped one)."""
@@ -97,7 +94,7 @@ class TreeProcess:
         """Let go of the pidfd."""
         fd, self.fd = self.fd, None
         if fd is not None:
-            os.close(fd)
+            _fds.close(fd, self._born)
 
     def describe(self) -> str:
         """``pid 12 (sleep)``; for a descendant, ``pid 12 (sleep, child of pid 11)``."""
@@ -116,24 +113,9 @@ def _is_readable(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
-@functools.cache
 def can_stop_trees() -> bool:
-    """Whether trees can be stopped here: pidfds (Linux 5.3+) to hold each process, and /proc."""
-    if not (hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")):
-        return False
-    if not _linux.has_proc():
-        return False
-    try:
-        fd = os.pidfd_open(os.getpid())
-    except OSError:
-        return False
-    try:
-        signal.pidfd_send_signal(fd, 0)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return True
+    """Whether trees can be stopped here: pidfds (Linux 5.4+) to hold each process, and /proc."""
+    return _process.can_use_pidfd() and _linux.has_proc()
 
 
 def hold(pid: int, fd: int, *, root: bool = True) -> TreeProcess | None:
@@ -153,7 +135,7 @@ def hold(pid: int, fd: int, *, root: bool = True) -> TreeProcess | None:
     stat = _linux.read_stat(pid)
     name = _linux.read_name(pid)
     if stat is None or _is_readable(fd):
-        os.close(fd)
+        _fds.close(fd, _fds.generation())
         return None
     return TreeProcess(pid, fd, name=name, parent=stat.ppid, start_time=stat.start_time, root=root)
 
@@ -180,7 +162,7 @@ def _open(
         OSError: No room for a pidfd (EMFILE, ENFILE, ENOMEM).
     """
     try:
-        fd = os.pidfd_open(pid)
+        fd = _process.open_pidfd(pid)
     except ProcessLookupError:
         return None
     stat = _linux.read_stat(pid)
@@ -188,7 +170,7 @@ def _open(
     # Both still running after the reads: the reads were of the process behind the pidfd, and
     # its parent was then (and is) the very process we listed it under.
     if stat is None or stat.ppid != parent or _is_readable(fd) or parent_exited():
-        os.close(fd)
+        _fds.close(fd, _fds.generation())
         return None
     return TreeProcess(pid, fd, name=name, parent=parent, start_time=stat.start_time, root=root)
 
@@ -332,7 +314,7 @@ class TreeStop:
             if proc.root or fd is None or not _is_readable(fd):
                 continue
             try:
-                os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+                _process.reap_pidfd(fd)
             except ChildProcessError:
                 pass  # not ours: its parent, init or another subreaper reaps it
 
