@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from types import FrameType
 
 import pytest
@@ -81,6 +83,111 @@ def test_sig_ign_is_reset_while_installed_and_restored_after(
         assert signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGCHLD, original)
+
+
+@pytest.mark.parametrize("previous", [signal.SIG_DFL, signal.SIG_IGN], ids=["dfl", "ign"])
+def test_uninstall_beside_a_storm_of_sigchld_reports_no_ignored_signal(
+    previous: signal.Handlers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Restoring SIG_DFL/SIG_IGN while other threads take SIGCHLDs leaves no call pending.
+
+    A SIGCHLD taken by another thread just before the restore could run its C handler after
+    it (that thread preempted in between), and CPython then reported "Signal 17 ignored due
+    to race condition" as an unraisable error at the main thread's next bytecode (seen in CI,
+    and within a few hundred install/uninstall rounds here). The kernel's disposition is now
+    restored first and Python's table only once the reaping thread is joined.
+    """
+    caught: list[BaseException | None] = []
+    monkeypatch.setattr("sys.unraisablehook", lambda raised: caught.append(raised.exc_value))
+    original = signal.signal(signal.SIGCHLD, previous)
+    stop = threading.Event()
+
+    def storm() -> None:
+        while not stop.is_set():
+            pid = os.posix_spawn("/bin/true", ["true"], os.environ)
+            with contextlib.suppress(ChildProcessError):  # SIG_IGN: the kernel reaped it
+                os.waitpid(pid, 0)
+
+    threads = [threading.Thread(target=storm) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        with _quiet():
+            deadline = time.monotonic() + 4
+            for _ in range(800):
+                Reaper().install().uninstall()
+                if caught or time.monotonic() > deadline:
+                    break
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        signal.signal(signal.SIGCHLD, original)
+    assert caught == []
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the SIG_IGN warning that each install() would log."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def test_a_reaper_installed_between_the_two_steps_of_an_uninstall_gets_the_signal_back() -> None:
+    """begin_uninstall() gave the kernel SIG_DFL; an install() before finish gives ours back."""
+    assert not _sighandler.is_installed()
+    _sighandler.install()
+    try:
+        assert _sighandler.begin_uninstall()
+        assert not _kernel_catches_sigchld()
+        # Python's table still names ours until finish_uninstall().
+        assert signal.getsignal(signal.SIGCHLD) is _sighandler._on_sigchld
+        _sighandler.install()
+        assert _kernel_catches_sigchld()
+        _sighandler.finish_uninstall()  # nothing to do: the handler is ours again
+        assert signal.getsignal(signal.SIGCHLD) is _sighandler._on_sigchld
+        assert _kernel_catches_sigchld()
+    finally:
+        _sighandler.uninstall()
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+    assert not _kernel_catches_sigchld()
+
+
+def test_a_thread_sees_sig_ign_between_the_two_steps_of_an_uninstall() -> None:
+    """While the kernel has SIG_IGN back but Python's table lags, a thread's install is refused."""
+    original = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    errors: list[BaseException] = []
+    try:
+        with _quiet():
+            _sighandler.install()
+        assert _sighandler.begin_uninstall()
+
+        def worker() -> None:
+            try:
+                _sighandler.check_disposition()
+            except ReaperError as err:
+                errors.append(err)
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join(10)
+        _sighandler.finish_uninstall()
+        assert signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGCHLD, original)
+    assert len(errors) == 1
+
+
+def _kernel_catches_sigchld() -> bool:
+    """Whether the kernel has a handler for SIGCHLD in this process (SigCgt)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signal.SIGCHLD - 1) & 1)
+    raise AssertionError("no SigCgt line")
 
 
 def test_sig_ign_from_a_thread_is_refused_with_the_fix() -> None:

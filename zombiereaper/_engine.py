@@ -625,11 +625,15 @@ def release() -> None:
         # Marked before a successor can exist (under the lock acquire() takes), so that it
         # stops draining the shared wakeup pipe before the successor writes to it.
         engine._stopping = True
-        if _sighandler.is_main_thread():
-            _sighandler.uninstall()
         # Else the handler stays, inert but for chaining, until a Reaper is installed or
         # uninstalled from the main thread again: only the main thread may set handlers.
+        restoring = _sighandler.is_main_thread() and _sighandler.begin_uninstall()
     engine._stop()
+    if restoring:
+        # Python's table follows the kernel's once the thread is joined: a SIGCHLD that
+        # another thread took just before has had that long to run its handler.
+        with _engine_lock:
+            _sighandler.finish_uninstall()
 
 
 def current() -> Engine | None:

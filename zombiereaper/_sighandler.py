@@ -17,6 +17,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
+from . import _linux
 from ._errors import ReaperError
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ _wake_read = -1
 _wake_write = -1
 _previous: _HandlerType = None
 _ours_installed = False
+#: Between begin_uninstall() and finish_uninstall(): the kernel has ``_previous`` already,
+#: Python's table still names our handler.
+_releasing = False
 #: Whether a SIGCHLD must wake the reaping thread: only when something is watched by sweeps
 #: (the sigchld backend, the all scope). pidfds need no signal, and a wakeup per exit for
 #: nothing cost 20 µs of the reaping thread per child.
@@ -82,6 +86,11 @@ def is_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _effective_handler() -> _HandlerType:
+    """SIGCHLD's handler as the kernel has it (Python's table lags during an uninstall)."""
+    return _previous if _releasing else signal.getsignal(signal.SIGCHLD)
+
+
 def check_disposition() -> None:
     """Refuse to run where SIGCHLD is ignored and the handler cannot be installed to fix it.
 
@@ -89,7 +98,7 @@ def check_disposition() -> None:
         ReaperError: SIGCHLD is SIG_IGN (the kernel then discards every exit status) and the
             caller is not the main thread.
     """
-    if not is_main_thread() and signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+    if not is_main_thread() and _effective_handler() == signal.SIG_IGN:
         raise ReaperError(
             "SIGCHLD is set to SIG_IGN, so the kernel discards every child's exit status; "
             "install the first Reaper from the main thread (it resets SIGCHLD), or call "
@@ -99,9 +108,14 @@ def check_disposition() -> None:
 
 def install() -> None:
     """Put our handler in front of the current one (main thread only; idempotent)."""
-    global _previous, _ours_installed
+    global _previous, _ours_installed, _releasing
     current = signal.getsignal(signal.SIGCHLD)
     if current is _on_sigchld:
+        if _releasing:
+            # Between the two steps of an uninstall: the kernel has the previous disposition
+            # again; give it ours back (Python's table already names it).
+            _releasing = False
+            signal.signal(signal.SIGCHLD, _on_sigchld)
         _ours_installed = True
         return
     if current == signal.SIG_IGN:
@@ -119,28 +133,58 @@ def install() -> None:
 def uninstall() -> None:
     """Restore the handler that was there before ours, unless other code replaced ours since.
 
-    Main thread only; does nothing when our handler is not installed.
+    Main thread only; does nothing when our handler is not installed. The same as
+    :func:`begin_uninstall` then :func:`finish_uninstall` at once.
     """
-    global _previous, _ours_installed
+    begin_uninstall()
+    finish_uninstall()
+
+
+def begin_uninstall() -> bool:
+    """Give SIGCHLD back to the kernel's previous disposition; Python's table follows later.
+
+    A SIGCHLD whose Python-level call is still pending when Python's handler is swapped for
+    SIG_DFL or SIG_IGN makes CPython report "Signal 17 ignored due to race condition" (an
+    unraisable OSError) at the next bytecode. Pending here includes a signal that another
+    thread took just before: its C handler may not have run yet when that thread is
+    preempted (a whole time slice on a busy machine). So the kernel's disposition changes
+    first, through libc: no thread starts our handler after that; :func:`finish_uninstall`,
+    called once the reaping thread has been joined, runs what is still pending while Python
+    names our handler, then sets Python's table to match.
+
+    Main thread only. Returns whether :func:`finish_uninstall` has work to do.
+    """
+    global _previous, _ours_installed, _releasing
     if not _ours_installed:
-        return
-    if signal.getsignal(signal.SIGCHLD) is _on_sigchld:
-        # None means the previous handler was not installed from Python: SIG_DFL is the best
-        # approximation that Python can express.
-        previous = _previous if _previous is not None else signal.SIG_DFL
-        # A SIGCHLD whose Python-level call is still pending when the handler is swapped for
-        # SIG_DFL makes CPython report "Signal 17 ignored due to race condition". With the
-        # signal blocked here, the pending calls run first (at the next function entry) and
-        # no new one starts on this thread; one delivered to another thread meanwhile can
-        # still race, in a window of a few bytecodes.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-        try:
-            _run_pending_handlers()
-            signal.signal(signal.SIGCHLD, previous)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    _previous = None
+        return False
     _ours_installed = False
+    if signal.getsignal(signal.SIGCHLD) is not _on_sigchld:
+        _previous = None  # other code replaced ours: theirs stays
+        return False
+    if _previous is None:
+        # Not installed from Python: SIG_DFL is the best approximation that Python can express.
+        _previous = signal.SIG_DFL
+    if not callable(_previous):
+        _linux.set_kernel_disposition(signal.SIGCHLD, ignore=_previous == signal.SIG_IGN)
+    _releasing = True
+    return True
+
+
+def finish_uninstall() -> None:
+    """Set Python's handler to the previous one (main thread; after :func:`begin_uninstall`)."""
+    global _previous, _releasing
+    if not _releasing:
+        return  # nothing begun, or a Reaper installed since took the handler back
+    _releasing = False
+    previous, _previous = _previous, None
+    if signal.getsignal(signal.SIGCHLD) is not _on_sigchld:
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    try:
+        _run_pending_handlers()
+        signal.signal(signal.SIGCHLD, previous)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _run_pending_handlers() -> None:
@@ -167,7 +211,7 @@ def reset_after_fork() -> None:
                 os.close(fd)
             except OSError:
                 pass
-    if _ours_installed:
+    if _ours_installed or _releasing:
         try:
             uninstall()
         except ValueError:

@@ -265,6 +265,9 @@ class PidfdMonitor:
             self._relay = None
             self._relay_full = False  # a new relay starts with room
             tokens = list(self._lent)
+        for token in tokens:
+            self._take_back(token, None)
+        # Said once it is true: the children are watched by pid when this is logged.
         logger.warning(
             "zombiereaper's relay (pid %d) %s, exit status %s; watching its %d children by pid",
             relay.pid,
@@ -272,8 +275,6 @@ class PidfdMonitor:
             code,
             len(tokens),
         )
-        for token in tokens:
-            self._take_back(token, None)
 
     # --- is the relay still there? ---------------------------------------------------------
 
