@@ -15,7 +15,7 @@ from types import FrameType
 
 import pytest
 
-from zombiereaper import ExitStatus, Reaper, ReaperError, _engine, _sighandler
+from zombiereaper import ExitStatus, Reaper, ReaperError, _engine, _linux, _sighandler
 
 from .helpers import HAS_PIDFD, eventually, read_line, sh
 from .internals import sweeps
@@ -179,6 +179,48 @@ def test_a_thread_sees_sig_ign_between_the_two_steps_of_an_uninstall() -> None:
     finally:
         signal.signal(signal.SIGCHLD, original)
     assert len(errors) == 1
+
+
+def test_threads_handling_finds_a_runnable_thread_with_sigchld_blocked() -> None:
+    """What uninstall waits for: a runnable thread with SIGCHLD blocked, as in its handler."""
+    started = threading.Event()
+    stop = threading.Event()
+    native: list[int] = []
+
+    def blocked_and(busy: bool) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        native.append(threading.get_native_id())
+        started.set()
+        if busy:
+            while not stop.is_set():
+                pass
+        else:
+            stop.wait(30)
+
+    for busy in (True, False):
+        started.clear()
+        stop.clear()
+        native.clear()
+        thread = threading.Thread(target=blocked_and, args=(busy,))
+        thread.start()
+        try:
+            assert started.wait(10)
+            if busy:
+                eventually(lambda: native[0] in _linux.threads_handling(signal.SIGCHLD))
+            else:
+                eventually(lambda: proc_state(native[0]) == "S")
+                assert native[0] not in _linux.threads_handling(signal.SIGCHLD)
+        finally:
+            stop.set()
+            thread.join(10)
+    # Never the caller itself.
+    assert threading.get_native_id() not in _linux.threads_handling(signal.SIGCHLD)
+
+
+def proc_state(tid: int) -> str:
+    """The state letter of one of this process's threads."""
+    with open(f"/proc/self/task/{tid}/stat", encoding="ascii") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
 
 
 def _kernel_catches_sigchld() -> bool:

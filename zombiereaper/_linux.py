@@ -357,3 +357,40 @@ def set_kernel_disposition(signum: int, ignore: bool) -> bool:
     # SIG_DFL is 0 and SIG_IGN is 1 in every C library Python runs on.
     function(signum, 1 if ignore else 0)
     return True
+
+
+def threads_handling(signum: int) -> list[int]:
+    """The other threads of this process that may be inside a handler of ``signum`` now.
+
+    While a thread runs a handler, the kernel adds the signal to its blocked mask (handlers
+    installed without SA_NODEFER, as CPython's are); one that is runnable with the signal
+    blocked is taken to be in the handler, or about to run it. A thread that keeps the signal
+    blocked and computes looks the same (the caller bounds its wait). Empty without /proc.
+    """
+    import threading  # noqa: PLC0415 - the init imports this module and needs no threads
+
+    me = threading.get_native_id()
+    bit = 1 << (signum - 1)
+    found = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return []
+    for name in tasks:
+        if int(name) == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{name}/status", "rb") as file:
+                text = file.read()
+        except OSError:
+            continue  # the thread ended
+        state = blocked = b""
+        for line in text.splitlines():
+            if line.startswith(b"State:"):
+                state = line.split()[1]
+            elif line.startswith(b"SigBlk:"):
+                blocked = line.split()[1]
+        if state == b"R" and blocked and int(blocked, 16) & bit:
+            found.append(int(name))
+    return found
+

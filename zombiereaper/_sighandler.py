@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from . import _linux
@@ -179,12 +180,26 @@ def finish_uninstall() -> None:
     previous, _previous = _previous, None
     if signal.getsignal(signal.SIGCHLD) is not _on_sigchld:
         return
+    _wait_for_handlers_in_flight()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     try:
         _run_pending_handlers()
         signal.signal(signal.SIGCHLD, previous)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _wait_for_handlers_in_flight() -> None:
+    """Wait (at most 0.1 s) until no other thread may still be in our C-level handler.
+
+    A thread that took a SIGCHLD before the kernel's disposition changed can be preempted
+    before its handler runs, for longer than joining the reaping thread takes (a busy
+    machine): it would trip the signal after Python's table says SIG_DFL. Such a thread is
+    runnable with SIGCHLD in its blocked mask until its handler returns.
+    """
+    deadline = time.monotonic() + 0.1
+    while _linux.threads_handling(signal.SIGCHLD) and time.monotonic() < deadline:
+        time.sleep(0.0005)
 
 
 def _run_pending_handlers() -> None:
