@@ -393,4 +393,3 @@ def threads_handling(signum: int) -> list[int]:
         if state == b"R" and blocked and int(blocked, 16) & bit:
             found.append(int(name))
     return found
-
