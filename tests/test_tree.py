@@ -20,13 +20,17 @@ import os
 import signal
 import subprocess
 import textwrap
+import time
+from collections.abc import Callable
 
 import psutil
 import pytest
 
-from zombiereaper import Reaper, ReaperError, _tree
+from zombiereaper import Reaper, ReaperError, _linux, _process, _tree
 
 from .helpers import PY, eventually, is_zombie_or_gone, read_line
+from .pidns import call_as_pid1, set_next_pid
+from .test_pid_reuse import STEP, Bystander
 
 pytestmark = pytest.mark.skipif(not _tree.can_stop_trees(), reason="needs pidfds and /proc")
 
@@ -263,3 +267,122 @@ def test_the_plugin_reports_and_cleans_an_orphaned_grandchild(pytester: pytest.P
     )
     result.stdout.fnmatch_lines(["*subreaper after the tests: False"])
     assert _gone(pid)
+
+
+# --- a recycled pid during a tree stop (PID namespace) -----------------------------------------
+
+#: A parent that forks a ``sleep``, prints its pid, reaps it once it dies and says so, then waits.
+REAPING_PARENT = textwrap.dedent(
+    """
+    import os, signal
+    pid = os.fork()
+    if pid == 0:
+        os.execvp("sleep", ["sleep", "1000"])
+    print(pid, flush=True)
+    os.waitpid(pid, 0)
+    print("reaped", flush=True)
+    signal.pause()
+    """
+)
+
+
+def _stopped(pid: int) -> bool:
+    stat = _linux.read_stat(pid)
+    return stat is not None and stat.state in "Tt"
+
+
+def _stop_and_report(
+    stopping: _tree.TreeStop, parent: subprocess.Popen[str], stranger: Bystander, grandchild: int
+) -> dict[str, object]:
+    """Finish stopping the tree; say what became of the parent and of the stranger."""
+    try:
+        stopping.terminate()
+        stopping.wait(time.monotonic() + STEP)
+        stopped_stranger = _stopped(stranger.pid)
+        fate = "stopped" if stopped_stranger else stranger.fate()
+    finally:
+        stopping.close()
+    parent_code = parent.wait(STEP)
+    assert parent.stdout is not None
+    parent.stdout.close()
+    if not stopped_stranger:
+        stranger.stop()
+    return {
+        "reused": stranger.pid == grandchild,
+        "parent": parent_code,
+        "stranger": fate,
+    }
+
+
+def case_tree_member_reaped_then_pid_reused() -> dict[str, object]:
+    """A held descendant exits, its parent reaps it, a stranger takes its pid; then TERM/CONT."""
+    parent = subprocess.Popen([PY, "-c", REAPING_PARENT], stdout=subprocess.PIPE, text=True)
+    grandchild = int(read_line(parent.stdout, STEP))
+    root = _tree.open_child(parent.pid)
+    assert root is not None
+    stopping = _tree.TreeStop([root])
+    stopping.freeze()  # both held by pidfds, both stopped
+    held = sorted(proc.pid for proc in stopping.members)
+    os.kill(grandchild, signal.SIGKILL)  # a zombie while its parent is stopped: still its pid
+    os.kill(parent.pid, signal.SIGCONT)  # let the parent reap it
+    assert read_line(parent.stdout, STEP) == "reaped\n"
+    set_next_pid(grandchild)
+    stranger = Bystander()  # a child of this PID 1, with the grandchild's pid
+    return {"held": held == sorted([parent.pid, grandchild])} | _stop_and_report(
+        stopping, parent, stranger, grandchild
+    )
+
+
+def case_listed_then_pid_reused_before_it_is_held() -> dict[str, object]:
+    """Between the listing of a parent's children and the pidfd_open, the pid changes hands."""
+    parent = subprocess.Popen([PY, "-c", REAPING_PARENT], stdout=subprocess.PIPE, text=True)
+    grandchild = int(read_line(parent.stdout, STEP))
+    strangers: list[Bystander] = []
+    real_open = _process.open_pidfd
+
+    def racing_open(pid: int) -> int:
+        if pid == grandchild and not strangers:
+            # This parent had not stopped yet, in this story: it reaps its child, and the pid
+            # goes to a stranger, all after the listing read the pid and before the pidfd.
+            os.kill(parent.pid, signal.SIGCONT)
+            os.kill(grandchild, signal.SIGKILL)
+            assert read_line(parent.stdout, STEP) == "reaped\n"
+            set_next_pid(grandchild)
+            strangers.append(Bystander())
+            os.kill(parent.pid, signal.SIGSTOP)
+        return real_open(pid)
+
+    _process.open_pidfd = racing_open  # this PID 1 is a process of its own: no undoing
+    root = _tree.open_child(parent.pid)
+    assert root is not None
+    stopping = _tree.TreeStop([root])
+    stopping.freeze()
+    held = sorted(proc.pid for proc in stopping.members)
+    return {"held": held == [parent.pid]} | _stop_and_report(
+        stopping, parent, strangers[0], grandchild
+    )
+
+
+@pytest.mark.parametrize(
+    "case",
+    [case_tree_member_reaped_then_pid_reused, case_listed_then_pid_reused_before_it_is_held],
+    ids=["after-hold", "before-hold"],
+)
+def test_a_recycled_pid_in_a_tree_stop_is_never_signalled(
+    case: Callable[[], dict[str, object]],
+) -> None:
+    """PID namespace: a descendant's pid goes to a stranger during a tree stop; the stranger
+    gets no SIGSTOP, SIGTERM or SIGCONT, and the tree is stopped all the same.
+
+    after-hold: every signal goes through the pidfd, which names the dead descendant for good
+    (by pid, the stranger would be frozen and terminated). before-hold: the pidfd opened on
+    the pid is the stranger's; its parent is not the member it was listed under, so it is not
+    held.
+    """
+    seen = call_as_pid1(case)
+    assert seen == {
+        "held": True,
+        "reused": True,
+        "parent": -signal.SIGTERM,
+        "stranger": "alive",
+    }
