@@ -14,6 +14,7 @@ import threading
 import pytest
 
 from zombiereaper import ExitStatus, Reaper, ServiceEvent, _process, decode_wait_status
+from zombiereaper._status import pack_rusage, unpack_rusage
 
 from .helpers import eventually, py, sh
 
@@ -160,6 +161,17 @@ def test_usage_is_not_part_of_equality() -> None:
     assert ExitStatus.from_returncode(1, 3).rusage is None
 
 
+def test_a_packed_usage_reads_back_as_it_was_given() -> None:
+    """decode_wait_status(rusage=...) keeps the usage to the microsecond, every field."""
+    given = resource.getrusage(resource.RUSAGE_SELF)
+    status = decode_wait_status(12, 3 << 8, given)
+    assert status.rusage == given
+    assert status.user_time == given.ru_utime and status.system_time == given.ru_stime
+    assert status.max_rss == given.ru_maxrss * 1024
+    # Packed, not kept as the struct: a registry of records stays small.
+    assert unpack_rusage(pack_rusage(given)) == given
+
+
 def test_the_raw_call_reads_the_kernels_figures() -> None:
     """The ctypes call's struct matches what os.wait4 reports for a twin child."""
     raw = _process._raw_waitid()
@@ -175,8 +187,9 @@ def test_the_raw_call_reads_the_kernels_figures() -> None:
     _, other_raw, other_usage = _process.os.wait4(twins[1].pid, 0)
     for twin in twins:
         twin.returncode = 7  # reaped above
-    assert reaped is not None and reaped.rusage is not None
+    assert reaped is not None and reaped.usage is not None
     assert reaped.status == other_raw == 7 << 8
+    usage = unpack_rusage(reaped.usage)
     # Same program, same work: the same order of magnitude on every field that counts.
-    assert reaped.rusage.ru_utime >= 0.2 and other_usage.ru_utime >= 0.2
-    assert abs(reaped.rusage.ru_maxrss - other_usage.ru_maxrss) < 16 * 1024  # KiB
+    assert usage.ru_utime >= 0.2 and other_usage.ru_utime >= 0.2
+    assert abs(usage.ru_maxrss - other_usage.ru_maxrss) < 16 * 1024  # KiB

@@ -37,7 +37,7 @@ from . import _fds, _linux, _process
 from ._errors import NotOurChildError, StatusLostError, WaitTimeout
 from ._owners import store_exit_in_process
 from ._process import ProcessGone, ProcessRef
-from ._status import ExitStatus, decode_wait_status, is_same_exit
+from ._status import ExitStatus, decode_reaped, decode_wait_status, is_same_exit
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,7 +71,7 @@ def peek_child(pid: int) -> ExitStatus | None:
         ChildProcessError: ``pid`` is not an unreaped child of this process.
     """
     peeked = _process.peek_pid_with_usage(pid)
-    return None if peeked is None else decode_wait_status(pid, *peeked)
+    return None if peeked is None else decode_reaped(pid, *peeked)
 
 
 def reap_zombie(zombie: _linux.ProcStat) -> ExitStatus | None:
@@ -80,7 +80,7 @@ def reap_zombie(zombie: _linux.ProcStat) -> ExitStatus | None:
         reaped = ProcessRef(zombie.pid, None, zombie.start_time).reap()
     except ProcessGone:
         return None
-    return None if reaped is None else decode_wait_status(zombie.pid, *reaped)
+    return None if reaped is None else decode_reaped(zombie.pid, *reaped)
 
 
 # --- owners ---------------------------------------------------------------------------------------

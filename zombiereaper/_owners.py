@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 from . import _process
 from ._backends import Sentinel, open_ref
 from ._process import Away, ProcessGone, ProcessRef
-from ._status import ExitStatus, decode_wait_status
+from ._status import ExitStatus, decode_reaped, decode_wait_status
 from ._watch import RETRY, RUNNING, Known, Retry
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ class PopenSource:
             lock.release()
         if raw is None:
             return self._read_taken(notice)  # outside Popen's lock, which it takes
-        return decode_wait_status(self.pid, raw, usage)
+        return decode_reaped(self.pid, raw, usage)
 
     def _reap_through_popen(self, notice: ProcessRef, peeked: int | None) -> Outcome:
         """Not CPython's Popen (no wait lock): read the status exactly, then its own wait()."""
@@ -329,7 +329,7 @@ class ProcessSource:
             reaped = notice.reap()
         except ProcessGone:
             reaped = None  # its join() reaped it in between: the status is the same
-        return status if reaped is None else decode_wait_status(self._pid, *reaped)
+        return status if reaped is None else decode_reaped(self._pid, *reaped)
 
     def _read_taken(self, notice: ProcessRef) -> Outcome:
         """Reaped by its join(), or by a stranger's wait (the Process then keeps None forever).
@@ -502,7 +502,7 @@ class PidSource:
             if isinstance(recovered, Away):
                 return RUNNING  # the pidfd comes back from the relay in a moment
             return None if recovered is None else decode_wait_status(self._pid, recovered)
-        return RUNNING if reaped is None else decode_wait_status(self._pid, *reaped)
+        return RUNNING if reaped is None else decode_reaped(self._pid, *reaped)
 
     def send_signal(self, notice: Notice, sig: int, group: bool) -> bool:
         """Signal the child: only the engine reaps it, and the watch's lock is held."""

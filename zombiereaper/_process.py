@@ -43,7 +43,6 @@ import errno
 import fcntl
 import functools
 import os
-import resource
 import select
 import signal
 import struct
@@ -52,7 +51,7 @@ import time
 from typing import TYPE_CHECKING, Final, NamedTuple, TypeVar
 
 from . import _fds, _linux
-from ._status import wait_status_from_waitid
+from ._status import RUSAGE_LAYOUT, pack_rusage, wait_status_from_waitid
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -85,8 +84,6 @@ _WAITID_SYSCALLS: Final = {"x86_64": 247, "aarch64": 95}
 #: siginfo_t: 128 bytes; int si_code at 8; for SIGCHLD, int si_pid at 16, si_status at 24.
 _SIGINFO_SIZE: Final = 128
 _SIGINFO_CHILD: Final = struct.Struct("=8xi4xi4xi")
-#: struct rusage: two struct timeval (seconds, microseconds), then 14 longs.
-_RUSAGE: Final = struct.Struct("=18q")
 
 
 class ProcessGone(ChildProcessError):
@@ -97,8 +94,9 @@ class Reaped(NamedTuple):
     """What a reap returns: the raw wait status, and the child's resource usage if known."""
 
     status: int
-    #: Its own and that of its descendants it waited for; None where it cannot be read here.
-    rusage: resource.struct_rusage | None
+    #: Its own and that of its descendants it waited for, packed as
+    #: ``_status.RUSAGE_LAYOUT``; None where it cannot be read here.
+    usage: bytes | None
 
 
 # --- capabilities ------------------------------------------------------------------------------
@@ -271,7 +269,7 @@ def reap_pid(pid: int) -> Reaped | None:
     """
     if not can_peek():
         reaped, raw, usage = os.wait4(pid, os.WNOHANG)  # no waitid: no pidfd either
-        return Reaped(raw, usage) if reaped else None
+        return Reaped(raw, pack_rusage(usage)) if reaped else None
     return _waitid(os.P_PID, pid, REAP)
 
 
@@ -365,7 +363,7 @@ class _RawWaitid:
             OSError: ECHILD (a ChildProcessError) or ENOSYS, as ``os.waitid`` would.
         """
         info = self._ctypes.create_string_buffer(_SIGINFO_SIZE)  # zeroed: si_pid 0 if none
-        usage = self._ctypes.create_string_buffer(_RUSAGE.size)
+        usage = self._ctypes.create_string_buffer(RUSAGE_LAYOUT.size)
         while self._syscall(self._number, idtype, ident, info, options, usage) != 0:
             number = self._ctypes.get_errno()
             if number != errno.EINTR:
@@ -373,11 +371,8 @@ class _RawWaitid:
         code, pid, status = _SIGINFO_CHILD.unpack_from(info)
         if pid == 0:
             return None
-        fields = _RUSAGE.unpack(usage.raw)
-        times = (fields[0] + fields[1] / 1e6, fields[2] + fields[3] / 1e6)
-        return Reaped(
-            wait_status_from_waitid(code, status), resource.struct_rusage(times + fields[4:])
-        )
+        # Kept as the kernel wrote it: unpacked only if someone reads it.
+        return Reaped(wait_status_from_waitid(code, status), usage.raw)
 
 
 @functools.cache
