@@ -76,9 +76,28 @@ def _relay_object() -> relay_module.Relay | None:
     return engine_now().monitors.pidfd._relay
 
 
+#: The stdin pipes of this test's waiting children: closed at its end, whatever happened.
+_STDINS: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def close_waiting_stdins() -> Iterator[None]:
+    """Close every waiting child's stdin after the test, also when it failed half-way.
+
+    A failed test would otherwise leave its pipes to the garbage collector, and another
+    test's ResourceWarning check would blame itself for them.
+    """
+    yield
+    while _STDINS:
+        _STDINS.pop().close()
+
+
 def _waiting(reaper: Reaper, code: int) -> Child:
     """A child that exits with ``code`` once its stdin closes."""
-    return reaper.spawn(sh(f"read line; exit {code}"), stdin=subprocess.PIPE)
+    child = reaper.spawn(sh(f"read line; exit {code}"), stdin=subprocess.PIPE)
+    assert child.popen is not None
+    _STDINS.append(child.popen.stdin)
+    return child
 
 
 def _release(child: Child) -> None:

@@ -12,9 +12,18 @@ import subprocess
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from zombiereaper import ExitStatus, Reaper, ServiceEvent, _process, decode_wait_status
-from zombiereaper._status import pack_rusage, unpack_rusage
+from zombiereaper._status import (
+    RUSAGE_LAYOUT,
+    _compact,
+    _expand,
+    decode_reaped,
+    pack_rusage,
+    unpack_rusage,
+)
 
 from .helpers import eventually, py, sh
 
@@ -170,6 +179,23 @@ def test_a_packed_usage_reads_back_as_it_was_given() -> None:
     assert status.max_rss == given.ru_maxrss * 1024
     # Packed, not kept as the struct: a registry of records stays small.
     assert unpack_rusage(pack_rusage(given)) == given
+
+
+@given(st.lists(st.sampled_from([0, 1, 255, 256, 2**31, 2**62 - 1, -1]), min_size=18, max_size=18))
+def test_a_record_keeps_the_kernels_bytes_exactly(words: list[int]) -> None:
+    """The compact form a record keeps gives back the very bytes of the reap, zeros and all."""
+    raw = RUSAGE_LAYOUT.pack(*words)
+    assert _expand(_compact(raw)) == raw
+    assert _compact(raw) == _compact(_expand(_compact(raw)))
+
+
+def test_a_record_of_a_short_child_keeps_little() -> None:
+    """The fields that Linux leaves 0 cost nothing: about 60 bytes instead of 144."""
+    raw = RUSAGE_LAYOUT.pack(0, 0, 0, 2144, 14104, 0, 0, 0, 396, 0, 0, 0, 0, 0, 0, 0, 1, 0)
+    assert len(_compact(raw)) < 64
+    status = decode_reaped(5, 0, raw)
+    assert status.system_time == 0.002144 and status.max_rss == 14104 * 1024
+    assert status.rusage is not None and status.rusage.ru_nvcsw == 1
 
 
 def test_the_raw_call_reads_the_kernels_figures() -> None:
