@@ -198,6 +198,34 @@ def test_a_record_of_a_short_child_keeps_little() -> None:
     assert status.rusage is not None and status.rusage.ru_nvcsw == 1
 
 
+def test_the_raw_call_reused_says_none_for_a_running_child() -> None:
+    """Its buffers are reused per thread: after a reap, a child still running reads as None."""
+    raw = _process._raw_waitid()
+    if raw is None:
+        pytest.skip("no raw waitid on this machine")
+    done = subprocess.Popen(["true"])
+    running = subprocess.Popen(["sleep", "60"])
+    fds = [_process.open_pidfd(done.pid), _process.open_pidfd(running.pid)]
+    try:
+        eventually(lambda: _process.peek_pidfd(fds[0]) is not None, 30, "true to exit")
+        first = raw.wait(_process.os.P_PIDFD, fds[0], _process.REAP)
+        second = raw.wait(_process.os.P_PIDFD, fds[1], _process.REAP)
+    finally:
+        for fd in fds:
+            _process.os.close(fd)
+        done.returncode = 0  # reaped above
+        running.kill()
+        running.wait()
+    assert first is not None and first.status == 0 and first.usage is not None
+    assert second is None
+
+
+def test_the_raw_call_is_linux_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another system on the same machine name (macOS on x86_64) has other syscall numbers."""
+    monkeypatch.setattr(_process.sys, "platform", "darwin")
+    assert _process._raw_waitid.__wrapped__() is None
+
+
 def test_the_raw_call_reads_the_kernels_figures() -> None:
     """The ctypes call's struct matches what os.wait4 reports for a twin child."""
     raw = _process._raw_waitid()

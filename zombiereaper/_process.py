@@ -46,6 +46,7 @@ import os
 import select
 import signal
 import struct
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Final, NamedTuple, TypeVar
@@ -353,6 +354,8 @@ class _RawWaitid:
         long, pointer = ctypes.c_long, ctypes.c_void_p
         self._syscall.argtypes = [long, long, long, pointer, long, pointer]
         self._number = number
+        #: Each thread's siginfo_t and struct rusage buffers, made on its first call.
+        self._buffers = threading.local()
         #: False once the kernel said ENOSYS.
         self.works = True
 
@@ -362,23 +365,38 @@ class _RawWaitid:
         Raises:
             OSError: ECHILD (a ChildProcessError) or ENOSYS, as ``os.waitid`` would.
         """
-        info = self._ctypes.create_string_buffer(_SIGINFO_SIZE)  # zeroed: si_pid 0 if none
-        usage = self._ctypes.create_string_buffer(RUSAGE_LAYOUT.size)
-        while self._syscall(self._number, idtype, ident, info, options, usage) != 0:
-            number = self._ctypes.get_errno()
-            if number != errno.EINTR:
-                raise OSError(number, os.strerror(number))
-        code, pid, status = _SIGINFO_CHILD.unpack_from(info)
-        if pid == 0:
+        # Reused: Linux writes si_pid on every successful call (0 when no child was
+        # waitable), and the usage only when one was, which is the only time it is read.
+        # Taken out while in use: a signal handler that reaps on this thread meanwhile (between
+        # the call and the unpacking) makes its own.
+        local = self._buffers
+        buffers = getattr(local, "pair", None)
+        local.pair = None
+        if buffers is None:
+            create = self._ctypes.create_string_buffer
+            buffers = (create(_SIGINFO_SIZE), create(RUSAGE_LAYOUT.size))
+        info, usage = buffers
+        try:
+            while self._syscall(self._number, idtype, ident, info, options, usage) != 0:
+                number = self._ctypes.get_errno()
+                if number != errno.EINTR:
+                    raise OSError(number, os.strerror(number))
+            code, pid, status = _SIGINFO_CHILD.unpack_from(info)
+            # Kept as the kernel wrote it: unpacked only if someone reads it.
+            kept = usage.raw if pid else None
+        finally:
+            local.pair = buffers
+        if not pid:
             return None
-        # Kept as the kernel wrote it: unpacked only if someone reads it.
-        return Reaped(wait_status_from_waitid(code, status), usage.raw)
+        return Reaped(wait_status_from_waitid(code, status), kept)
 
 
 @functools.cache
 def _raw_waitid() -> _RawWaitid | None:
     """The raw waitid call; None where this module does not know this machine's."""
-    number = _WAITID_SYSCALLS.get(os.uname().machine)
+    # Linux's numbers and layouts: another system on the same machine (macOS on x86-64) has
+    # other numbers, and another call behind 247.
+    number = _WAITID_SYSCALLS.get(os.uname().machine) if sys.platform == "linux" else None
     if number is None:
         return None
     try:
