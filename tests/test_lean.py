@@ -64,7 +64,7 @@ def test_importing_the_package_imports_no_heavy_module() -> None:
 
 
 def test_the_first_public_name_imports_the_api() -> None:
-    """Asking for one public name imports them all, each named zombiereaper.X."""
+    """Asking for one public name imports its module; what came with it is named zombiereaper.X."""
     code = (
         "import zombiereaper\n"
         "from zombiereaper import Reaper\n"
@@ -74,6 +74,28 @@ def test_the_first_public_name_imports_the_api() -> None:
         "assert set(zombiereaper.__all__) <= set(dir(zombiereaper))\n"
     )
     assert "zombiereaper._reaper" in _imported_by(code)
+
+
+def test_the_reaper_imports_neither_supervision_nor_multiprocessing() -> None:
+    """`from zombiereaper import Reaper` leaves supervision and multiprocessing to their users."""
+    modules = _imported_by("from zombiereaper import Reaper")
+    assert "zombiereaper._supervise" not in modules
+    assert {m for m in modules if m.split(".")[0] == "multiprocessing"} == set()
+
+
+def test_supervision_imported_on_first_use_names_its_classes_zombiereaper() -> None:
+    """A Service met before its name was asked for is still a zombiereaper.Service."""
+    code = (
+        "from zombiereaper import Reaper\n"
+        "with Reaper() as reaper:\n"
+        "    service = reaper.supervise(['true'], restart='never')\n"
+        "    assert type(service).__module__ == 'zombiereaper', type(service).__module__\n"
+        "    service.stop()\n"
+        "import zombiereaper\n"
+        "assert zombiereaper.Service is type(service)\n"
+        "assert zombiereaper.ServiceEvent.__module__ == 'zombiereaper'\n"
+    )
+    assert "zombiereaper._supervise" in _imported_by(code)
 
 
 def test_the_init_imports_no_heavy_module() -> None:

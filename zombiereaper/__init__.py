@@ -3,7 +3,8 @@
 The public names are imported on first use (PEP 562): ``import zombiereaper`` alone costs
 almost nothing, so that the ``zombiereaper`` command, the pytest plugin and programs that only
 read ``__version__`` do not pay for the reaping core (threads, subprocess, logging...) that
-they may never use. The first public name asked for imports them all at once.
+they may never use. A public name asked for imports its own module (and what that module
+needs): `from zombiereaper import Reaper` does not import supervision or multiprocessing.
 """
 
 from __future__ import annotations
@@ -90,28 +91,35 @@ _HOMES = {
 }
 
 
-def _import_public_names() -> None:
-    """Import every public name into this module, all at once.
+def _publish() -> None:
+    """Make every public name whose module is imported an attribute of this package.
 
-    All at once, so that a class met before its name was asked for (a Child that ``spawn()``
-    returned) already says ``zombiereaper.Child``, as tracebacks and reprs should.
+    Each class is renamed ``zombiereaper.X``, where users import it from, as tracebacks and
+    reprs should show it: also one met before its name was asked for (a Child that
+    ``spawn()`` returned). Supervision, imported only by ``Reaper.supervise()``, renames its
+    own classes.
     """
-    import importlib  # noqa: PLC0415 - only on first use, like everything here
+    import sys  # noqa: PLC0415 - only on first use, like everything here
 
-    found = {
-        name: getattr(importlib.import_module(f"{__name__}.{home}"), name)
-        for name, home in _HOMES.items()
-    }
-    for value in found.values():
+    for name, home in _HOMES.items():
+        if name in globals():
+            continue
+        module = sys.modules.get(f"{__name__}.{home}")
+        if module is None:
+            continue
+        value = getattr(module, name)
         if isinstance(value, type):
-            value.__module__ = __name__  # shown as zombiereaper.X, where users import X from
-    globals().update(found)
+            value.__module__ = __name__
+        globals()[name] = value
 
 
 def __getattr__(name: str) -> object:
     """Import the public names on first use; give the names that moved, with a warning."""
     if name in _HOMES:
-        _import_public_names()
+        import importlib  # noqa: PLC0415 - only on first use, like everything here
+
+        importlib.import_module(f"{__name__}.{_HOMES[name]}")
+        _publish()
         return globals()[name]
     if name == "ManualClock":
         import warnings  # noqa: PLC0415 - only a deprecated name needs it

@@ -8,11 +8,11 @@ import logging
 import os
 import random
 import subprocess
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from multiprocessing.process import BaseProcess
-from typing import IO, TYPE_CHECKING, Any, Final, Literal, NamedTuple, Self, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, NamedTuple, Self, TypeAlias, TypeGuard
 
 from . import _engine, _linux
 from ._backends import BackendName, resolve_backend
@@ -39,22 +39,12 @@ from ._orphans import DEFAULT_GRACE, AllScope, wait_for_child, wait_for_child_as
 from ._owners import PidSource, PopenSource, ProcessSource
 from ._registry import Registry, record_exit
 from ._status import ExitStatus
-from ._supervise import (
-    Backoff,
-    Clock,
-    EngineClock,
-    Intensity,
-    RestartPolicy,
-    Service,
-    ServiceEvent,
-    check_supervise_arguments,
-    process_starter,
-)
-from ._supervise import launch as launch_service
 
 if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
     from types import TracebackType
 
+    from ._supervise import Backoff, Clock, Intensity, RestartPolicy, Service, ServiceEvent
     from ._watch import Watch
 
 logger = logging.getLogger("zombiereaper")
@@ -77,6 +67,15 @@ class _Live(NamedTuple):
 
     watch: Watch
     child: Child
+
+
+def _is_process(target: object) -> TypeGuard[BaseProcess]:
+    """Whether ``target`` is a ``multiprocessing`` Process, without importing multiprocessing.
+
+    An object can only be one if multiprocessing was imported (by whoever made it).
+    """
+    module = sys.modules.get("multiprocessing.process")
+    return module is not None and isinstance(target, module.BaseProcess)
 
 
 class Reaper:
@@ -549,7 +548,7 @@ class Reaper:
         key: object | None = None
         if isinstance(target, subprocess.Popen):
             source, key = PopenSource(target), target
-        elif isinstance(target, BaseProcess):
+        elif _is_process(target):
             if target.pid is None:
                 raise ValueError(f"{target!r} has not been started: call start() before watch()")
             if target._parent_pid != os.getpid():  # type: ignore[attr-defined]
@@ -687,6 +686,17 @@ class Reaper:
             NotInstalledError: The Reaper is not installed.
             FileNotFoundError: The program does not exist (raised at once, nothing started).
         """
+        # Imported here: a program that never supervises does not pay for it.
+        from ._supervise import (  # noqa: PLC0415
+            Backoff,
+            EngineClock,
+            Intensity,
+            Service,
+            check_supervise_arguments,
+            process_starter,
+        )
+        from ._supervise import launch as launch_service  # noqa: PLC0415
+
         check_supervise_arguments(
             args=args, target=target, name=name, replicas=replicas, restart=restart,
             backoff=backoff, intensity=intensity, stop_timeout=stop_timeout, on_event=on_event,

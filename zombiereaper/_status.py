@@ -25,7 +25,7 @@ RUSAGE_LAYOUT: Final = struct.Struct("=18q")
 
 #: How a record keeps those bytes: reordered so that the fields that Linux leaves 0 (ixrss,
 #: idrss, isrss, nswap, msgsnd, msgrcv, nsignals) and the often-0 block counts come last,
-#: then stripped of their trailing zero bytes. About 100 bytes a record where the bytes would
+#: then stripped of their trailing zero bytes. About 90 bytes a record where the bytes would
 #: take 177, and a ``resource.struct_rusage`` with its numbers about 340: a registry keeps
 #: 10,000 records. The (start, end) byte ranges of RUSAGE_LAYOUT, in the kept order:
 _KEPT_ORDER: Final = ((0, 40), (64, 80), (128, 144), (88, 104), (40, 64), (80, 88), (104, 128))

@@ -1021,3 +1021,10 @@ def process_starter(
         return reaper.watch(process)
 
     return start
+
+
+# Imported on first use (Reaper.supervise(), or one of these names asked of the package), maybe
+# after a Service was made: shown as zombiereaper.X from the start, where users import them from.
+for _public in (Backoff, Intensity, ServiceEvent, ServiceTimeout, Service):
+    _public.__module__ = __name__.rpartition(".")[0]
+del _public
