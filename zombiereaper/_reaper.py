@@ -41,7 +41,7 @@ from ._registry import Registry, record_exit
 from ._status import ExitStatus
 
 if TYPE_CHECKING:
-    from multiprocessing.process import BaseProcess
+    import multiprocessing.process
     from types import TracebackType
 
     from ._supervise import Backoff, Clock, Intensity, RestartPolicy, Service, ServiceEvent
@@ -69,7 +69,7 @@ class _Live(NamedTuple):
     child: Child
 
 
-def _is_process(target: object) -> TypeGuard[BaseProcess]:
+def _is_process(target: object) -> TypeGuard[multiprocessing.process.BaseProcess]:
     """Whether ``target`` is a ``multiprocessing`` Process, without importing multiprocessing.
 
     An object can only be one if multiprocessing was imported (by whoever made it).
@@ -520,7 +520,9 @@ class Reaper:
             )
         return CompletedRun(popen.args, status, stdout, stderr)
 
-    def watch(self, target: int | subprocess.Popen[Any] | BaseProcess) -> Child:
+    def watch(
+        self, target: int | subprocess.Popen[Any] | multiprocessing.process.BaseProcess
+    ) -> Child:
         """Own a child that other code started, and record its exit like a spawned one's.
 
         The owner's own API keeps working exactly: ``popen.wait()``/``popen.returncode`` and
