@@ -164,7 +164,7 @@ def render(results: dict[str, Any]) -> str:
             parts += ["", *section(results[key])]
     verdicts = results.get("targets", [])
     if verdicts:
-        parts += ["", f"Targets ({TARGET_KEY.replace('/', ' backend, ')} scope)"]
+        parts += ["", f"Targets (reaping: {TARGET_KEY.replace('/', ' backend, ')} scope)"]
         if meta["mode"] != "full":
             parts.append(
                 "  (quick run: scaled-down sizes, so these are not the issue's conditions)"
