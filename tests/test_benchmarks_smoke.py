@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 RUNNER = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+AB = RUNNER.with_name("ab_throughput.py")
 BENCHMARKS = ("throughput", "latency", "scaling", "memory", "zombies", "import", "init", "init_rss")
 SECTIONS = (
     "1. Throughput",
@@ -127,3 +128,23 @@ def test_quick_run_draws_chart_or_says_why_not(
     done, _, png_path = quick_run
     assert done.returncode == 0, done.stderr
     assert png_path.exists() or "matplotlib is not installed" in done.stderr
+
+
+@pytest.mark.timeout(150)
+def test_the_ab_comparison_runs_each_interpreter_in_turns() -> None:
+    """benchmarks/ab_throughput.py prints one median ratio per interpreter, every round's too."""
+    options = ["--rounds", "2", "--children", "30", "--backend", "sigchld"]
+    done = subprocess.run(
+        [sys.executable, str(AB), sys.executable, sys.executable, *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout
+    for line in lines:
+        ratio, python, rest = line.split(maxsplit=2)
+        assert ratio.endswith("x") and float(ratio[:-1]) > 0
+        assert python == sys.executable and rest.startswith("(sigchld; rounds: ")
