@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,6 +51,15 @@ def quick_run(
     return done, json_path, png_path
 
 
+def _results(
+    quick_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """The quick run, checked to have exited 0, and its JSON."""
+    done, json_path, _ = quick_run
+    assert done.returncode == 0, done.stderr
+    return done, json.loads(json_path.read_text(encoding="utf-8"))
+
+
 @pytest.mark.timeout(150)
 def test_quick_run_prints_every_section(
     quick_run: tuple[subprocess.CompletedProcess[str], Path, Path],
@@ -66,9 +76,7 @@ def test_quick_run_writes_json_with_every_benchmark(
     quick_run: tuple[subprocess.CompletedProcess[str], Path, Path],
 ) -> None:
     """The JSON holds every benchmark with results for each contender; every child was reaped."""
-    done, json_path, _ = quick_run
-    assert done.returncode == 0, done.stderr
-    results = json.loads(json_path.read_text(encoding="utf-8"))
+    done, results = _results(quick_run)
     for key in ("meta", "targets", *BENCHMARKS):
         assert key in results, key
     contenders = results["throughput"]["contenders"]
@@ -89,9 +97,7 @@ def test_quick_run_writes_asyncio_and_startup_rows(
     quick_run: tuple[subprocess.CompletedProcess[str], Path, Path],
 ) -> None:
     """The JSON has the event-loop contender, and the start-up rows with their raw samples."""
-    done, json_path, _ = quick_run
-    assert done.returncode == 0, done.stderr
-    results = json.loads(json_path.read_text(encoding="utf-8"))
+    _, results = _results(quick_run)
     contenders = results["throughput"]["contenders"]
     assert "asyncio subprocess" in contenders
     assert "zombiereaper[pidfd] wait_async" in contenders or (

@@ -340,23 +340,22 @@ def can_be_subreaper() -> bool:
     return True
 
 
-def set_kernel_disposition(signum: int, ignore: bool) -> bool:
+def set_kernel_disposition(signum: int, ignore: bool) -> None:
     """Set ``signum`` to SIG_IGN or SIG_DFL in the kernel only, through libc's ``signal()``.
 
-    Python's own table of handlers is left as it is: the caller sets it right afterwards with
-    ``signal.signal``. Returns False where there is no C library to call (nothing was done).
+    Python's own table of handlers is left as it is: the caller sets it afterwards with
+    ``signal.signal``. Where there is no C library to call, nothing is done.
     """
     import ctypes  # noqa: PLC0415 - see _libc
 
     libc = _libc()
     if libc is None or not hasattr(libc, "signal"):
-        return False
+        return
     function = libc.signal
     function.argtypes = [ctypes.c_int, ctypes.c_void_p]
     function.restype = ctypes.c_void_p
     # SIG_DFL is 0 and SIG_IGN is 1 in every C library Python runs on.
     function(signum, 1 if ignore else 0)
-    return True
 
 
 def threads_handling(signum: int) -> list[int]:

@@ -180,7 +180,8 @@ def finish_uninstall() -> None:
     previous, _previous = _previous, None
     if signal.getsignal(signal.SIGCHLD) is not _on_sigchld:
         return
-    _wait_for_handlers_in_flight()
+    if not callable(previous):  # a Python handler takes a late call like ours would
+        _wait_for_handlers_in_flight()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     try:
         _run_pending_handlers()

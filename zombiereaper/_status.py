@@ -135,23 +135,22 @@ class ExitStatus:
         usage = self._usage
         return None if usage is None else unpack_rusage(_expand(usage))
 
+    def _usage_fields(self) -> tuple[int, ...] | None:
+        """The usage's 18 numbers in :data:`RUSAGE_LAYOUT`'s order, or None."""
+        usage = self._usage
+        return None if usage is None else RUSAGE_LAYOUT.unpack(_expand(usage))
+
     @property
     def user_time(self) -> float | None:
         """Seconds of CPU time the child spent in user mode (None: see :attr:`rusage`)."""
-        usage = self._usage
-        if usage is None:
-            return None
-        seconds, microseconds = RUSAGE_LAYOUT.unpack(_expand(usage))[:2]
-        return float(seconds + microseconds * 1e-6)
+        fields = self._usage_fields()
+        return None if fields is None else float(fields[0] + fields[1] * 1e-6)
 
     @property
     def system_time(self) -> float | None:
         """Seconds of CPU time the kernel spent for the child (None: see :attr:`rusage`)."""
-        usage = self._usage
-        if usage is None:
-            return None
-        seconds, microseconds = RUSAGE_LAYOUT.unpack(_expand(usage))[2:4]
-        return float(seconds + microseconds * 1e-6)
+        fields = self._usage_fields()
+        return None if fields is None else float(fields[2] + fields[3] * 1e-6)
 
     @property
     def max_rss(self) -> int | None:
@@ -160,10 +159,8 @@ class ExitStatus:
         The kernel's figure (``ru_maxrss``, which Linux gives in KiB) turned into bytes. A
         child that Python forked before it ran its program counts the memory it had then.
         """
-        usage = self._usage
-        if usage is None:
-            return None
-        return int(RUSAGE_LAYOUT.unpack(_expand(usage))[4]) * _MAX_RSS_UNIT
+        fields = self._usage_fields()
+        return None if fields is None else int(fields[4]) * _MAX_RSS_UNIT
 
     @property
     def returncode(self) -> int:
