@@ -73,9 +73,9 @@ class Engine:
         #: which the engine that replaces a stopping one may drain first (a lost stop hangs
         #: uninstall(); a lost timer stalls a Service).
         with _fds.step():
-            self._own_read, self._own_write = os.pipe()
-            _fds.track(self._own_read)
-            _fds.track(self._own_write)
+            own_read, own_write = os.pipe()
+            self._own_read = _fds.track(own_read)
+            self._own_write = _fds.track(own_write)
         self._own_born = _fds.generation()
         for fd in (self._own_read, self._own_write):
             os.set_blocking(fd, False)
@@ -83,6 +83,11 @@ class Engine:
         if hasattr(select, "epoll"):
             with _fds.step():
                 self._epoll = select.epoll()
+                if self._epoll.fileno() < _fds.LOWEST:  # not 0-2: see _fds.LOWEST
+                    moved = _fds.copy_above_stdio(self._epoll.fileno())
+                    if moved is not None:
+                        self._epoll.close()
+                        self._epoll = select.epoll.fromfd(moved)
                 _fds.track(self._epoll.fileno(), self._epoll.close)
             self._epoll_born = _fds.generation()
             self._epoll.register(self._wake_read, select.EPOLLIN)

@@ -29,6 +29,12 @@ _tracked: dict[int, Callable[[], None] | None] = {}
 #: Bumped in each forked child: a descriptor number noted before the fork means nothing after.
 _generation = 0
 
+#: The lowest number a descriptor we hold should have. Code that closes its standard streams
+#: for a moment and dup2()s them back (CPython's test_subprocess does, so do daemons) would
+#: otherwise have its restored stdout silently replace a pidfd of ours that took the free
+#: number meanwhile, and our later close() of "our pidfd" would close its stdout.
+LOWEST: Final = 3
+
 
 def generation() -> int:
     """The process's fork generation: descriptors tracked in another one are already closed."""
@@ -44,9 +50,44 @@ def step() -> threading.Lock:
     return _lock
 
 
-def track(fd: int, closer: Callable[[], None] | None = None) -> None:
-    """Note ``fd`` as ours (call within :func:`step`, right where it was opened or received)."""
+def track(fd: int, closer: Callable[[], None] | None = None) -> int:
+    """Note ``fd`` as ours (call within :func:`step`, right where it was opened or received).
+
+    Returns:
+        The number to use from now on: a plain descriptor (no ``closer``) that got one of the
+        standard numbers 0-2 is moved above them (see :func:`above_stdio`).
+    """
+    if fd < LOWEST and closer is None:
+        fd = above_stdio(fd)
     _tracked[fd] = closer
+    return fd
+
+
+def above_stdio(fd: int) -> int:
+    """Move ``fd`` to a number of at least :data:`LOWEST`; returns the new one.
+
+    ``fd`` itself is closed. Out of descriptors, ``fd`` is returned unmoved: a low number is
+    better than none.
+    """
+    moved = copy_above_stdio(fd)
+    if moved is None:
+        return fd
+    os.close(fd)
+    return moved
+
+
+def copy_above_stdio(fd: int) -> int | None:
+    """A close-on-exec duplicate of ``fd`` numbered at least :data:`LOWEST` (None: out of them).
+
+    For objects that own their descriptor (epoll, sockets): the caller closes the object and
+    wraps the copy.
+    """
+    import fcntl  # noqa: PLC0415 (rarely needed: kept off the import path)
+
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, LOWEST)
+    except OSError:
+        return None
 
 
 def untrack(fd: int) -> None:

@@ -219,8 +219,7 @@ def _probe_recovery() -> bool:
     started.wait()
     try:
         with _fds.step():
-            fd = os.pidfd_open(tid[0], PIDFD_THREAD)
-            _fds.track(fd)
+            fd = _fds.track(os.pidfd_open(tid[0], PIDFD_THREAD))
     except OSError as err:
         if err.errno in OUT_OF_DESCRIPTORS:
             raise
@@ -305,9 +304,7 @@ def open_pidfd(pid: int) -> int:
         OSError: EMFILE/ENFILE/ENOMEM (see OUT_OF_DESCRIPTORS), or pidfds are unsupported.
     """
     with _fds.step():
-        fd = os.pidfd_open(pid)
-        _fds.track(fd)
-    return fd
+        return _fds.track(os.pidfd_open(pid))
 
 
 def peek_pidfd(fd: int) -> int | None:

@@ -58,6 +58,11 @@ class Relay:
             raise OSError(f"no relay: cannot run {relay_main.__file__!r} with {sys.executable!r}")
         with _fds.step():
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            if ours.fileno() < _fds.LOWEST:  # not 0-2: see _fds.LOWEST
+                moved = _fds.copy_above_stdio(ours.fileno())
+                if moved is not None:
+                    ours.close()
+                    ours = socket.socket(fileno=moved)
             _fds.track(ours.fileno(), ours.close)
             _fds.track(theirs.fileno(), theirs.close)
         born = _fds.generation()
@@ -131,9 +136,8 @@ class Relay:
         while True:
             try:
                 with _fds.step():
-                    message, fds = relay_main.recv_fds(self._sock)
-                    for fd in fds:
-                        _fds.track(fd)
+                    message, received = relay_main.recv_fds(self._sock)
+                    fds = [_fds.track(fd) for fd in received]
             except BlockingIOError:
                 return returned, True
             except OSError:

@@ -42,8 +42,7 @@ class Sentinel:
             OSError: The descriptor could not be duplicated (EBADF: the owner closed it).
         """
         with _fds.step():
-            fd = os.dup(owners_fd)
-            _fds.track(fd)
+            fd = _fds.track(os.dup(owners_fd))
         return cls(pid, fd)
 
     @property

@@ -1,0 +1,64 @@
+"""The descriptors zombiereaper holds never take the standard numbers 0, 1 and 2.
+
+Code that closes its standard streams for a moment and dup2()s them back (CPython's
+test_subprocess, daemons) must get back what it restores: had a pidfd of ours taken the free
+number meanwhile, its dup2() would silently replace the pidfd, and our later close of "our
+pidfd" would close the restored stream. Each case runs in a fresh interpreter, so that this
+test's own streams are never touched.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from .helpers import py
+
+#: Runs in a child interpreter: closes 0-2 with a Reaper installed (after a first child has
+#: come and gone, so that the reaping thread has nothing left to import or open), starts
+#: children, notes which descriptors zombiereaper holds, restores 0-2, and checks that the
+#: children's exits are seen and that 0-2 survive them. Prints the numbers it noted.
+_SCRIPT = """
+import os, subprocess, sys
+from zombiereaper import Reaper, _fds
+
+backend, scope = sys.argv[1], sys.argv[2]
+quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+with Reaper(backend=backend, scope=scope) as reaper:
+    assert reaper.spawn(["/bin/true"], **quiet).wait(30).returncode == 0
+    gate_read, gate_write = os.pipe()
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    for fd in (0, 1, 2):
+        os.close(fd)
+    wait_for_gate = ["/bin/sh", "-c", "read line <&3; exit 7"]
+    children = [reaper.spawn(wait_for_gate, pass_fds=(gate_read,), **quiet) for _ in range(3)]
+    held = sorted(_fds.snapshot())
+    for fd in (0, 1, 2):
+        os.dup2(saved[fd], fd)
+        os.close(saved[fd])
+    os.write(gate_write, b"go\\n" * 3)
+    os.close(gate_write)
+    os.close(gate_read)
+    codes = [child.wait(30).returncode for child in children]
+    assert codes == [7, 7, 7], codes
+for fd in (0, 1, 2):
+    os.fstat(fd)  # still open: EBADF otherwise
+print(*held)
+"""
+
+
+@pytest.mark.parametrize("scope", ["owned", "all"])
+def test_our_descriptors_stay_above_the_standard_streams(backend: str, scope: str) -> None:
+    """A Reaper's pidfds never take 0-2, and closing them never closes a restored stream."""
+    result = subprocess.run(
+        [*py(_SCRIPT), backend, scope],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    held = [int(fd) for fd in result.stdout.split()]
+    assert held, "the Reaper holds no descriptor: nothing was tested"
+    assert min(held) > 2, f"zombiereaper holds {held}"
