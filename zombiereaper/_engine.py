@@ -252,15 +252,20 @@ class Engine:
            while it is being recorded.
         """
         watch.begin_settling(outcome)
+        announce = True  # if recording fails, announce anyway: the sink decides then
         try:
-            watch.sink.record(watch)
+            announce = watch.sink.record(watch)
         finally:
             callbacks = watch.finish_settling()
-            self.call_soon(functools.partial(self._announce, watch, callbacks))
+            if announce or callbacks:
+                self.call_soon(functools.partial(self._announce, watch, announce, callbacks))
             self._forget(watch)
 
-    def _announce(self, watch: Watch, callbacks: list[Callable[[], object]]) -> None:
-        self._call_logged(functools.partial(watch.sink.announce, watch))
+    def _announce(
+        self, watch: Watch, announce: bool, callbacks: list[Callable[[], object]]
+    ) -> None:
+        if announce:
+            self._call_logged(functools.partial(watch.sink.announce, watch))
         for callback in callbacks:
             self._call_logged(callback)
 

@@ -408,8 +408,7 @@ def start_time(pid: int) -> int | None:
     Raises:
         OSError: /proc could not be read (EMFILE: out of descriptors): it cannot be told.
     """
-    stat = _linux.read_stat(pid)
-    return None if stat is None else stat.start_time
+    return _linux.read_start_time(pid)
 
 
 def send_signal_checked(

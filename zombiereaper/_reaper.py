@@ -973,10 +973,13 @@ class Reaper:
 
     # --- what the engine hands back (through _ChildRecords and _OrphanRecords) -----------
 
-    def _record_child(self, watch: Watch) -> None:
+    def _record_child(self, watch: Watch) -> bool:
+        """Record a settled child; return whether _announce_child() has anything to tell."""
         status = watch.outcome
         scope = self._all_scope
-        if status is not None and scope is not None and scope.take_over(status):
+        # A lost status is logged; an exit goes to on_exit, if there is one.
+        announce = status is None or self._on_exit is not None
+        if status is not None and scope is not None and scope.take_over(status) and announce:
             # The sweep saw this exit first (the child was watch()ed within its grace): it is
             # recorded, and on_exit has run for it, once.
             with self._lock:
@@ -994,6 +997,7 @@ class Reaper:
                     self._lost.popitem(last=False)
             else:
                 self._lost.pop(watch.pid, None)
+        return announce
 
     def _announce_child(self, pid: int, status: ExitStatus | None) -> None:
         with self._lock:
@@ -1048,9 +1052,9 @@ class _ChildRecords:
     def __init__(self, reaper: Reaper) -> None:
         self._reaper = reaper
 
-    def record(self, watch: Watch) -> None:
-        """Store the outcome (under the watch's lock: no user code)."""
-        self._reaper._record_child(watch)
+    def record(self, watch: Watch) -> bool:
+        """Store the outcome (under the watch's lock: no user code); say if there is news."""
+        return self._reaper._record_child(watch)
 
     def announce(self, watch: Watch) -> None:
         """Tell ``on_exit`` (on the reaping thread)."""

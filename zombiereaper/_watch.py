@@ -37,6 +37,9 @@ class Running:
 
 RUNNING: Final = Running()
 
+#: Taken by waiters that make a Watch's Event, never by the reaping thread.
+_events_lock = threading.Lock()
+
 
 class Retry:
     """The marker for "not known yet: ask again soon".
@@ -122,12 +125,17 @@ class Source(Protocol):
 class Sink(Protocol):
     """Where a watch's outcome goes: given at registration (a Reaper's record of its child)."""
 
-    def record(self, watch: Watch) -> None:
-        """Store the outcome where readers look; no user code, no blocking (lock held)."""
+    def record(self, watch: Watch) -> bool:
+        """Store the outcome where readers look; no user code, no blocking (lock held).
+
+        Returns:
+            Whether :meth:`announce` has anything to tell (an ``on_exit`` to call, a lost
+            status to log): a child nobody is told of costs the reaping thread nothing more.
+        """
         ...
 
     def announce(self, watch: Watch) -> None:
-        """Tell user code (``on_exit``); called on the reaping thread."""
+        """Tell user code (``on_exit``); called on the reaping thread if record() asked."""
         ...
 
 
@@ -178,7 +186,9 @@ class Watch:
         self.slot: object = None
         self._state: State = "watching"
         self._outcome: ExitStatus | None = None
-        self._done = threading.Event()
+        #: Made by the first wait() that finds it unsettled: most children are waited for
+        #: after they have settled, or never, and an Event costs both threads time.
+        self._done: threading.Event | None = None
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._done_callbacks: list[Callable[[], object]] = []
 
@@ -206,7 +216,20 @@ class Watch:
 
     def wait(self, timeout: float | None) -> bool:
         """Block until settled or ``timeout`` seconds passed; return whether it is settled."""
-        return self._done.wait(timeout)
+        if self.settled:
+            return True
+        done = self._done
+        if done is None:
+            with _events_lock:  # one Event per watch, whichever waiter makes it
+                done = self._done
+                if done is None:
+                    done = self._done = threading.Event()
+        # Published before the state is read again, and finish_settling() reads _done after
+        # it wrote the state: either this read sees "settled" or that one sees the Event.
+        return self._read_state() == "settled" or done.wait(timeout)
+
+    def _read_state(self) -> State:
+        return self._state  # read afresh: the reaping thread may have moved it meanwhile
 
     def add_async_waiter(
         self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]
@@ -250,7 +273,9 @@ class Watch:
     def finish_settling(self) -> list[Callable[[], object]]:
         """Mark it settled and wake every waiter; return the callbacks still to run."""
         self._state = "settled"
-        self._done.set()
+        done = self._done  # after the state: see wait()
+        if done is not None:
+            done.set()
         waiters, self._async_waiters = self._async_waiters, []
         for loop, future in waiters:
             try:

@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING, Final
 
 from .. import _sighandler
+from .._process import ProcessRef, can_peek
 
 if TYPE_CHECKING:
     from .._watch import Watch
@@ -26,6 +27,17 @@ SAFETY_SWEEP_INTERVAL: Final = 0.1
 #: wakeups keep finding nothing, up to SAFETY_SWEEP_INTERVAL, so a storm of spurious SIGCHLD
 #: cannot spin a core (go-reap PR #1); a sweep that finds an exit resets it.
 _FIRST_QUIET_PERIOD: Final = 0.001
+
+
+def _still_running(watch: Watch) -> bool:
+    """Whether ``watch``'s child is seen running now (False: exited, gone, or can't tell)."""
+    notice = watch.notice
+    if not isinstance(notice, ProcessRef) or not can_peek():
+        return False
+    try:
+        return notice.peek(exact=False) is None
+    except OSError:  # ProcessGone (reaped), or anything unexpected: let a sweep look
+        return False
 
 
 class SweepSchedule:
@@ -82,6 +94,10 @@ class SweepMonitor:
         self._lock = threading.Lock()
         self._watches: set[Watch] = set()
         self._schedule = SweepSchedule(now)
+        #: Whether the reaping thread's current wait ends in time for a timer sweep (it
+        #: asked timeout() while something was swept): a child added meanwhile is swept by
+        #: then without a wakeup.
+        self._timer_armed = False
         #: Sweeps so far (read by tests of the storm guard).
         self.sweeps = 0
 
@@ -93,11 +109,17 @@ class SweepMonitor:
     def add(self, watch: Watch) -> None:
         """Check ``watch`` on every sweep from now on."""
         with self._lock:
+            armed = self._timer_armed
             self._watches.add(watch)
             watch.monitor, watch.slot = self, None
         self._loop.sweep_needed()
-        # A SIGCHLD that came before the child was in the set woke nobody for it.
-        _sighandler.wake()
+        # From now on its exit raises a SIGCHLD that wakes a sweep. One that came before (it
+        # has exited already; a demoted watch has) woke nobody for it: wake the sweep then.
+        # So does a reaping thread that sleeps with no sweep timer (nothing was swept): the
+        # timer is what finds an exit while the main thread cannot run the handler. Else a
+        # child seen running needs no wakeup, and spawn() saves one.
+        if not armed or not _still_running(watch):
+            _sighandler.wake()
 
     def remove(self, watch: Watch) -> None:
         """Stop checking ``watch`` (settled)."""
@@ -107,8 +129,14 @@ class SweepMonitor:
         self._loop.sweep_needed()
 
     def timeout(self, now: float) -> float | None:
-        """Seconds until the next sweep is due, or None when nothing is watched this way."""
-        return self._schedule.timeout(now) if self._watches else None
+        """Seconds until the next sweep is due, or None when nothing is watched this way.
+
+        The reaping thread asks this before each wait: a timer sweep is armed (or not) until
+        it asks again.
+        """
+        with self._lock:
+            self._timer_armed = bool(self._watches)
+        return self._schedule.timeout(now) if self._timer_armed else None
 
     def note_wakeup(self) -> None:
         """A SIGCHLD (or another wakeup) came: something may have exited."""
