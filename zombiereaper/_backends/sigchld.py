@@ -110,9 +110,11 @@ class SweepMonitor:
         """Check ``watch`` on every sweep from now on."""
         with self._lock:
             armed = self._timer_armed
+            first = not self._watches
             self._watches.add(watch)
             watch.monitor, watch.slot = self, None
-        self._loop.sweep_needed()
+        if first:  # SIGCHLD must wake the loop from now on (see remove())
+            self._loop.sweep_needed()
         # From now on its exit raises a SIGCHLD that wakes a sweep. One that came before (it
         # has exited already; a demoted watch has) woke nobody for it: wake the sweep then.
         # So does a reaping thread that sleeps with no sweep timer (nothing was swept): the
@@ -125,8 +127,12 @@ class SweepMonitor:
         """Stop checking ``watch`` (settled)."""
         with self._lock:
             self._watches.discard(watch)
+            last = not self._watches
         watch.monitor = None
-        self._loop.sweep_needed()
+        # Only a change between empty and not changes what SIGCHLD must do; the loop reads
+        # the set's state when told, so the last of two racing calls sees the latest one.
+        if last:
+            self._loop.sweep_needed()
 
     def timeout(self, now: float) -> float | None:
         """Seconds until the next sweep is due, or None when nothing is watched this way.
