@@ -615,6 +615,24 @@ def test_demo_exits_0_and_leaves_no_zombie() -> None:
     assert result.stdout.rstrip().endswith("no zombie left.")
 
 
+def test_demo_into_a_closed_pipe_stops_quietly() -> None:
+    """`zombiereaper demo | head -1`: status 141 (SIGPIPE's), no traceback, nothing left."""
+    with subprocess.Popen(
+        [*CLI, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith("1. ")
+        proc.stdout.close()  # the reader goes away, as head does after its lines
+        try:
+            code = proc.wait(20)
+        finally:
+            proc.kill()
+        errors = proc.stderr.read()
+    assert code == 141, errors
+    assert "Traceback" not in errors
+    assert errors == ""
+
+
 def test_version_and_python_m() -> None:
     """`python -m zombiereaper --version` prints the version."""
     result = run_cli("--version")

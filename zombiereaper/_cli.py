@@ -245,11 +245,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(arguments)
     if args.command == "run":
         return _run(parser, args)
-    if args.command == "zombies":
-        return _zombies(args)
-    from ._demo import run_demo
+    try:
+        if args.command == "zombies":
+            return _zombies(args)
+        from ._demo import run_demo
 
-    return run_demo(sys.stdout)
+        return run_demo(sys.stdout)
+    except BrokenPipeError:
+        # The reader went away (`zombiereaper demo | head -3`): stop quietly with the status
+        # of a command that SIGPIPE ended, as a C tool would, not with a traceback.
+        _silence_stdout()
+        return _SIGPIPE_STATUS
+
+
+#: 128 + SIGPIPE, the status a shell reports for a command that a closed pipe ended.
+_SIGPIPE_STATUS = 141
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the flush at exit does not fail (and print) again."""
+    import os  # noqa: PLC0415 (kept off the init's start-up path)
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no stdout, or not a file
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
