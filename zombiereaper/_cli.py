@@ -9,6 +9,7 @@ a test checks that both read every accepted command line alike.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from ._version import __version__
@@ -264,8 +265,6 @@ _SIGPIPE_STATUS = 141
 
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so that the flush at exit does not fail (and print) again."""
-    import os  # noqa: PLC0415 (kept off the init's start-up path)
-
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
     except OSError:
