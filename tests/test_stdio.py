@@ -62,3 +62,49 @@ def test_our_descriptors_stay_above_the_standard_streams(backend: str, scope: st
     held = [int(fd) for fd in result.stdout.split()]
     assert held, "the Reaper holds no descriptor: nothing was tested"
     assert min(held) > 2, f"zombiereaper holds {held}"
+
+
+#: The relay started, lent a pidfd and handing it back while 0-2 are closed: its socket and
+#: the pidfd it returns stay above 2, and its protocol works. Prints the numbers it noted.
+_RELAY_SCRIPT = """
+import os, select, subprocess, sys
+from zombiereaper._backends.relay import Relay
+
+quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+gate_read, gate_write = os.pipe()
+child = subprocess.Popen(["/bin/sh", "-c", "read line <&3; exit 9"], pass_fds=(gate_read,),
+                         **quiet)
+saved = [os.dup(fd) for fd in (0, 1, 2)]
+for fd in (0, 1, 2):
+    os.close(fd)
+relay = Relay.start()
+numbers = [relay.fileno()]
+assert select.select([relay.fileno()], [], [], 10)[0], "no hello from the relay"
+assert relay.receive() == ([], True)
+pidfd = os.pidfd_open(child.pid)
+assert relay.lend([(1, pidfd)]) == 1
+os.close(pidfd)
+os.write(gate_write, b"go\\n")
+assert select.select([relay.fileno()], [], [], 10)[0], "the relay said nothing"
+returned, alive = relay.receive()
+[(token, back)] = returned
+numbers.append(back)
+for fd in (0, 1, 2):
+    os.dup2(saved[fd], fd)
+    os.close(saved[fd])
+result = os.waitid(os.P_PIDFD, back, os.WEXITED)
+assert (result.si_pid, result.si_status) == (child.pid, 9), result
+child.returncode = 9
+assert relay.close() == 0
+print(*numbers)
+"""
+
+
+def test_the_relay_s_descriptors_stay_above_the_standard_streams() -> None:
+    """The relay's socket and the pidfds it hands back never take 0-2."""
+    result = subprocess.run(
+        py(_RELAY_SCRIPT), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    numbers = [int(fd) for fd in result.stdout.split()]
+    assert len(numbers) == 2 and min(numbers) > 2, f"the relay used {numbers}"

@@ -34,6 +34,17 @@ def is_available() -> bool:
     return bool(sys.executable) and os.path.isfile(relay_main.__file__)
 
 
+def _above_stdio(sock: socket.socket) -> socket.socket:
+    """``sock``, or a copy of it numbered above 0-2 if it got one of those (see _fds.LOWEST)."""
+    if sock.fileno() >= _fds.LOWEST:
+        return sock
+    moved = _fds.copy_above_stdio(sock.fileno())
+    if moved is None:
+        return sock
+    sock.close()
+    return socket.socket(fileno=moved)
+
+
 class Relay:
     """A running relay process and the socket to it; used from the reaping thread only."""
 
@@ -57,12 +68,12 @@ class Relay:
         if not is_available():
             raise OSError(f"no relay: cannot run {relay_main.__file__!r} with {sys.executable!r}")
         with _fds.step():
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            if ours.fileno() < _fds.LOWEST:  # not 0-2: see _fds.LOWEST
-                moved = _fds.copy_above_stdio(ours.fileno())
-                if moved is not None:
-                    ours.close()
-                    ours = socket.socket(fileno=moved)
+            # Neither end on 0-2: ours for the reason in _fds.LOWEST; theirs would be
+            # overwritten in the relay by the standard streams Popen gives it.
+            ours, theirs = (
+                _above_stdio(end)
+                for end in socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            )
             _fds.track(ours.fileno(), ours.close)
             _fds.track(theirs.fileno(), theirs.close)
         born = _fds.generation()
