@@ -84,6 +84,26 @@ def parse_stat(text: str) -> ProcStat:
     return ProcStat(pid=pid, state=fields[0], ppid=int(fields[1]), start_time=int(fields[19]))
 
 
+def _read_stat_line(pid: int) -> bytes | None:
+    """The bytes of /proc/PID/stat, or None if no such process exists (or /proc is missing).
+
+    Raises:
+        OSError: The file exists but could not be read (EMFILE: out of descriptors).
+    """
+    # os.open and one read, not open(): a text file object costs 4 times as much, and this is
+    # read for every exit that the sigchld backend reaps by pid.
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    try:
+        return os.read(fd, _STAT_SIZE)  # one read returns the whole line: one page at most
+    except ProcessLookupError:  # ESRCH: the process went away between open and read
+        return None
+    finally:
+        os.close(fd)
+
+
 def read_start_time(pid: int) -> int | None:
     """The start time of ``pid`` (clock ticks since boot), or None if no such process exists.
 
@@ -94,16 +114,9 @@ def read_start_time(pid: int) -> int | None:
     Raises:
         OSError: The file exists but could not be read (EMFILE: out of descriptors).
     """
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, ProcessLookupError):
+    data = _read_stat_line(pid)
+    if data is None:
         return None
-    try:
-        data = os.read(fd, _STAT_SIZE)
-    except ProcessLookupError:
-        return None
-    finally:
-        os.close(fd)
     # Fields counted from the last ")", as in parse_stat(): starttime is field 22.
     fields = data[data.rfind(b")") + 1 :].split(None, 20)
     try:
@@ -118,18 +131,9 @@ def read_stat(pid: int) -> ProcStat | None:
     Raises:
         OSError: The file exists but could not be read (EMFILE: out of descriptors).
     """
-    # os.open and one read, not open(): a text file object costs 4 times as much, and this is
-    # read for every child registered and every exit seen by the sigchld backend.
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, ProcessLookupError):
+    data = _read_stat_line(pid)
+    if data is None:
         return None
-    try:
-        data = os.read(fd, _STAT_SIZE)  # one read returns the whole line: it is one page at most
-    except ProcessLookupError:  # ESRCH: the process went away between open and read
-        return None
-    finally:
-        os.close(fd)
     try:
         return parse_stat(data.decode("utf-8", "replace"))
     except (ValueError, IndexError):
