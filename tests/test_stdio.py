@@ -34,8 +34,9 @@ with Reaper(backend=backend, scope=scope) as reaper:
     saved = [os.dup(fd) for fd in (0, 1, 2)]
     for fd in (0, 1, 2):
         os.close(fd)
-    wait_for_gate = ["/bin/sh", "-c", "read line <&3; exit 7"]
-    children = [reaper.spawn(wait_for_gate, pass_fds=(gate_read,), **quiet) for _ in range(3)]
+    # Each reads a line from the gate, its stdin: none exits before the gate opens.
+    gated = dict(stdin=gate_read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children = [reaper.spawn(["/bin/sh", "-c", "read line; exit 7"], **gated) for _ in range(3)]
     held = sorted(_fds.snapshot())
     for fd in (0, 1, 2):
         os.dup2(saved[fd], fd)
@@ -74,10 +75,9 @@ _RELAY_SCRIPT = """
 import os, select, subprocess, sys
 from zombiereaper._backends.relay import Relay
 
-quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 gate_read, gate_write = os.pipe()
-child = subprocess.Popen(["/bin/sh", "-c", "read line <&3; exit 9"], pass_fds=(gate_read,),
-                         **quiet)
+gated = dict(stdin=gate_read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+child = subprocess.Popen(["/bin/sh", "-c", "read line; exit 9"], **gated)
 saved = [os.dup(fd) for fd in (0, 1, 2)]
 for fd in (0, 1, 2):
     os.close(fd)

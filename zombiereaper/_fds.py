@@ -15,6 +15,7 @@ is tracked. Steps under the lock never block: pidfd_open, close, non-blocking se
 from __future__ import annotations
 
 import contextlib
+import fcntl  # here, not where first needed: an import opens files, and see LOWEST
 import os
 import threading
 from typing import TYPE_CHECKING, Final
@@ -82,8 +83,6 @@ def copy_above_stdio(fd: int) -> int | None:
     For objects that own their descriptor (epoll, sockets): the caller closes the object and
     wraps the copy.
     """
-    import fcntl  # noqa: PLC0415 (rarely needed: kept off the import path)
-
     try:
         return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, LOWEST)
     except OSError:

@@ -15,7 +15,7 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ctypes
-    from collections.abc import Container
+    from collections.abc import Callable, Container
     from typing import Final
 
 _PR_SET_CHILD_SUBREAPER: Final = 36
@@ -90,18 +90,104 @@ def _read_stat_line(pid: int) -> bytes | None:
     Raises:
         OSError: The file exists but could not be read (EMFILE: out of descriptors).
     """
-    # os.open and one read, not open(): a text file object costs 4 times as much, and this is
-    # read for every exit that the sigchld backend reaps by pid.
     try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, ProcessLookupError):
+        return read_proc_file(f"/proc/{pid}/stat")
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: gone between open and read
+        return None
+
+
+#: Attempts at reading a /proc file whose descriptor a standard stream keeps taking over.
+_LOW_NUMBER_ATTEMPTS: Final = 5
+
+#: More than a /proc/PID/stat line can hold (52 numbers and a short name: a few hundred bytes).
+_STAT_SIZE: Final = 4096
+
+
+def read_proc_file(path: str, size: int = _STAT_SIZE) -> bytes:
+    """One read of the /proc file ``path`` (a stat line, a name: one page at most).
+
+    os.open and one read, not open(): a text file object costs 4 times as much, and this is
+    read for every exit that the sigchld backend reaps by pid.
+
+    While the program has a standard stream closed, the file gets its number (0-2), and the
+    program may dup2() its stream back onto that number at any moment: the dup2() closes our
+    file, and our read and close would then read and close the program's stream (a status
+    reported lost, a stdout gone). So a file on 0-2 is read through a copy above them, and
+    its low number is closed only while it still holds a /proc file: never the program's.
+
+    Raises:
+        OSError: As os.open and os.read (FileNotFoundError, ProcessLookupError: no such
+            process); EAGAIN if a standard stream took the number over every time.
+    """
+    for _ in range(_LOW_NUMBER_ATTEMPTS):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if fd > 2:  # above the standard streams
+            try:
+                return os.read(fd, size)
+            finally:
+                os.close(fd)
+        data = _read_from_low_number(fd, size)
+        if data is not None:
+            return data
+    raise BlockingIOError(f"{path}: a standard stream took its descriptor over each time")
+
+
+def _read_from_low_number(fd: int, size: int) -> bytes | None:
+    """Read the /proc file opened on ``fd`` (0-2) safely; None if the program took ``fd`` over."""
+    ours = move_above_stdio_checked(fd, _is_proc_file)
+    if ours is None:
         return None
     try:
-        return os.read(fd, _STAT_SIZE)  # one read returns the whole line: one page at most
-    except ProcessLookupError:  # ESRCH: the process went away between open and read
-        return None
+        return os.read(ours, size)
     finally:
+        _close_if_proc_file(ours)
+
+
+def move_above_stdio_checked(fd: int, is_ours: Callable[[int], bool]) -> int | None:
+    """Move ``fd``, just opened on 0-2, above them; None if the program took the number over.
+
+    The program may dup2() a standard stream back onto ``fd`` at any moment, which closes
+    what we opened: so the copy is kept only if ``is_ours`` says that it is what we opened (a
+    /proc file, a pidfd: never a stream), and ``fd`` is closed only while it still is. Out of
+    descriptors for the copy, ``fd`` itself is returned if it is still ours.
+    """
+    # Imported already by zombiereaper._fds (an import now would open files on 0-2 itself);
+    # here only for a caller that has not imported it.
+    import fcntl  # noqa: PLC0415
+
+    try:
+        copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    except OSError:
+        return fd if is_ours(fd) else None
+    if not is_ours(copy):
+        os.close(copy)  # the program's stream: its dup2() closed what we opened
+        return None
+    # The program's stream is never one of ours. (Left: a dup2() between this check and the
+    # close, a window of a few hundred nanoseconds.)
+    if is_ours(fd):
         os.close(fd)
+    return copy
+
+
+def _close_if_proc_file(fd: int) -> None:
+    # A number below 3 (no room for a copy) may have been taken over by the program meanwhile.
+    if fd > 2 or _is_proc_file(fd):
+        os.close(fd)
+
+
+def _is_proc_file(fd: int) -> bool:
+    try:
+        return os.fstat(fd).st_dev == _proc_device()
+    except OSError:
+        return False
+
+
+@functools.cache
+def _proc_device() -> int | None:
+    try:
+        return os.stat("/proc").st_dev
+    except OSError:
+        return None
 
 
 def read_start_time(pid: int) -> int | None:
@@ -138,10 +224,6 @@ def read_stat(pid: int) -> ProcStat | None:
         return parse_stat(data.decode("utf-8", "replace"))
     except (ValueError, IndexError):
         return None
-
-
-#: More than a /proc/PID/stat line can hold (52 numbers and a short name: a few hundred bytes).
-_STAT_SIZE: Final = 4096
 
 
 #: How printable() writes the control characters that have a short escape in Python.
@@ -182,15 +264,9 @@ def read_name(pid: int) -> str:
     "?" when it cannot be read (gone, no /proc, out of descriptors).
     """
     try:
-        fd = os.open(f"/proc/{pid}/comm", os.O_RDONLY | os.O_CLOEXEC)
+        data = read_proc_file(f"/proc/{pid}/comm")
     except OSError:
         return "?"
-    try:
-        data = os.read(fd, _STAT_SIZE)
-    except OSError:
-        return "?"
-    finally:
-        os.close(fd)
     return printable(os.fsdecode(data.rstrip(b"\n"))) or "?"
 
 

@@ -119,12 +119,14 @@ def can_use_pidfd() -> bool:
     )
     if not needed:
         return False
+    global _pidfd_dev
     try:
         fd = os.pidfd_open(os.getpid())
     except OSError:
         # ENOSYS on kernels before 5.3, EPERM under some seccomp profiles.
         return False
     try:
+        _pidfd_dev = os.fstat(fd).st_dev
         # Linux 5.3 has pidfd_open but not waitid(P_PIDFD) (5.4): that gives EINVAL. On our
         # own pidfd a working waitid answers ECHILD: we are not our own child.
         os.waitid(os.P_PIDFD, fd, REAP)
@@ -304,7 +306,40 @@ def open_pidfd(pid: int) -> int:
         OSError: EMFILE/ENFILE/ENOMEM (see OUT_OF_DESCRIPTORS), or pidfds are unsupported.
     """
     with _fds.step():
-        return _fds.track(os.pidfd_open(pid))
+        for _ in range(_LOW_NUMBER_ATTEMPTS):
+            fd = os.pidfd_open(pid)
+            if fd > 2:  # above the standard streams
+                return _fds.track(fd)
+            # A standard stream is closed, and the program may dup2() it back onto this
+            # number at any moment: keep only a pidfd, and close nothing of the program's.
+            moved = _linux.move_above_stdio_checked(fd, _is_pidfd)
+            if moved is not None:
+                return _fds.track(moved)
+    raise BlockingIOError(f"pid {pid}: a standard stream took its pidfd's number each time")
+
+
+#: Attempts at opening a pidfd whose number a standard stream keeps taking over.
+_LOW_NUMBER_ATTEMPTS: Final = 5
+
+
+def _is_pidfd(fd: int) -> bool:
+    """Whether ``fd`` is a pidfd (the program's streams never are)."""
+    try:
+        return os.fstat(fd).st_dev == _pidfd_device()
+    except OSError:
+        return False
+
+
+def _pidfd_device() -> int | None:
+    # Every pidfd has the same device: pidfs (Linux 6.9+), the anonymous inodes before. Noted
+    # by the probe of can_use_pidfd(), which runs before any Reaper does.
+    if _pidfd_dev is None:
+        can_use_pidfd()
+    return _pidfd_dev
+
+
+#: The device of every pidfd (see _pidfd_device), noted by the probe.
+_pidfd_dev: int | None = None
 
 
 def peek_pidfd(fd: int) -> int | None:
