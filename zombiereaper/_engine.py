@@ -82,12 +82,7 @@ class Engine:
         self._epoll: select.epoll | None = None
         if hasattr(select, "epoll"):
             with _fds.step():
-                self._epoll = select.epoll()
-                if self._epoll.fileno() < _fds.LOWEST:  # not 0-2: see _fds.LOWEST
-                    moved = _fds.copy_above_stdio(self._epoll.fileno())
-                    if moved is not None:
-                        self._epoll.close()
-                        self._epoll = select.epoll.fromfd(moved)
+                self._epoll = _fds.above_stdio_object(select.epoll(), select.epoll.fromfd)
                 _fds.track(self._epoll.fileno(), self._epoll.close)
             self._epoll_born = _fds.generation()
             self._epoll.register(self._wake_read, select.EPOLLIN)

@@ -15,13 +15,27 @@ is tracked. Steps under the lock never block: pidfd_open, close, non-blocking se
 from __future__ import annotations
 
 import contextlib
-import fcntl  # here, not where first needed: an import opens files, and see LOWEST
+
+# For _linux.copy_above_stdio, imported before any Reaper runs: a first import on the reaping
+# thread would open files itself, on 0-2 if those are free (see LOWEST).
+import fcntl  # noqa: F401
 import os
 import threading
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+
+from . import _linux
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+
+
+class _OwnsDescriptor(Protocol):
+    def fileno(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+_Owner = TypeVar("_Owner", bound=_OwnsDescriptor)
 
 _lock = threading.Lock()
 #: fd -> how to close it (None: os.close). Socket objects close through their own close(),
@@ -70,23 +84,25 @@ def above_stdio(fd: int) -> int:
     ``fd`` itself is closed. Out of descriptors, ``fd`` is returned unmoved: a low number is
     better than none.
     """
-    moved = copy_above_stdio(fd)
+    moved = _linux.copy_above_stdio(fd)
     if moved is None:
         return fd
     os.close(fd)
     return moved
 
 
-def copy_above_stdio(fd: int) -> int | None:
-    """A close-on-exec duplicate of ``fd`` numbered at least :data:`LOWEST` (None: out of them).
+def above_stdio_object(obj: _Owner, wrap: Callable[[int], _Owner]) -> _Owner:
+    """``obj`` (an epoll, a socket: it owns its descriptor), or ``wrap(copy)`` if it got 0-2.
 
-    For objects that own their descriptor (epoll, sockets): the caller closes the object and
-    wraps the copy.
+    ``obj`` is closed when replaced; out of descriptors, it is kept as it is.
     """
-    try:
-        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, LOWEST)
-    except OSError:
-        return None
+    if obj.fileno() >= LOWEST:
+        return obj
+    moved = _linux.copy_above_stdio(obj.fileno())
+    if moved is None:
+        return obj
+    obj.close()
+    return wrap(moved)
 
 
 def untrack(fd: int) -> None:

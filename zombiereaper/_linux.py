@@ -96,7 +96,7 @@ def _read_stat_line(pid: int) -> bytes | None:
         return None
 
 
-#: Attempts at reading a /proc file whose descriptor a standard stream keeps taking over.
+#: Attempts at opening a descriptor whose number a standard stream keeps taking over.
 _LOW_NUMBER_ATTEMPTS: Final = 5
 
 #: More than a /proc/PID/stat line can hold (52 numbers and a short name: a few hundred bytes).
@@ -107,66 +107,64 @@ def read_proc_file(path: str, size: int = _STAT_SIZE) -> bytes:
     """One read of the /proc file ``path`` (a stat line, a name: one page at most).
 
     os.open and one read, not open(): a text file object costs 4 times as much, and this is
-    read for every exit that the sigchld backend reaps by pid.
-
-    While the program has a standard stream closed, the file gets its number (0-2), and the
-    program may dup2() its stream back onto that number at any moment: the dup2() closes our
-    file, and our read and close would then read and close the program's stream (a status
-    reported lost, a stdout gone). So a file on 0-2 is read through a copy above them, and
-    its low number is closed only while it still holds a /proc file: never the program's.
+    read for every exit that the sigchld backend reaps by pid. Opened above the standard
+    streams' numbers (see :func:`open_above_stdio`).
 
     Raises:
         OSError: As os.open and os.read (FileNotFoundError, ProcessLookupError: no such
             process); EAGAIN if a standard stream took the number over every time.
     """
-    for _ in range(_LOW_NUMBER_ATTEMPTS):
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        if fd > 2:  # above the standard streams
-            try:
-                return os.read(fd, size)
-            finally:
-                os.close(fd)
-        data = _read_from_low_number(fd, size)
-        if data is not None:
-            return data
-    raise BlockingIOError(f"{path}: a standard stream took its descriptor over each time")
-
-
-def _read_from_low_number(fd: int, size: int) -> bytes | None:
-    """Read the /proc file opened on ``fd`` (0-2) safely; None if the program took ``fd`` over."""
-    ours = move_above_stdio_checked(fd, _is_proc_file)
-    if ours is None:
-        return None
+    fd = open_above_stdio(lambda: os.open(path, os.O_RDONLY | os.O_CLOEXEC), _is_proc_file)
     try:
-        return os.read(ours, size)
+        return os.read(fd, size)
     finally:
-        _close_if_proc_file(ours)
+        _close_if_proc_file(fd)
 
 
-def move_above_stdio_checked(fd: int, is_ours: Callable[[int], bool]) -> int | None:
-    """Move ``fd``, just opened on 0-2, above them; None if the program took the number over.
+def open_above_stdio(open_once: Callable[[], int], is_ours: Callable[[int], bool]) -> int:
+    """``open_once()``'s descriptor, moved above 0-2 if it got one of those numbers.
 
-    The program may dup2() a standard stream back onto ``fd`` at any moment, which closes
-    what we opened: so the copy is kept only if ``is_ours`` says that it is what we opened (a
-    /proc file, a pidfd: never a stream), and ``fd`` is closed only while it still is. Out of
-    descriptors for the copy, ``fd`` itself is returned if it is still ours.
+    While the program has a standard stream closed, what we open gets its number, and the
+    program may dup2() its stream back onto it at any moment: the dup2() closes what we
+    opened, and our read and close would then read and close the program's stream (a status
+    reported lost, a stdout gone). So a low number is copied above 2, the copy is kept only
+    if ``is_ours`` says that it is what we opened (a /proc file, a pidfd: never a stream), and
+    the low number is closed only while it still is. Out of descriptors for the copy, the low
+    number itself is returned if it is still ours (the caller closes it the same checked way).
+
+    Raises:
+        OSError: As ``open_once``; EAGAIN if a standard stream took the number over every time.
     """
+    for _ in range(_LOW_NUMBER_ATTEMPTS):
+        fd = open_once()
+        if fd > 2:  # above the standard streams: the common case
+            return fd
+        copy = copy_above_stdio(fd)
+        if copy is None:
+            if is_ours(fd):
+                return fd
+            continue
+        if not is_ours(copy):
+            os.close(copy)  # the program's stream: its dup2() closed what we opened
+            continue
+        # The program's stream is never one of ours. (Left: a dup2() between this check and
+        # the close, a window of a few hundred nanoseconds.)
+        if is_ours(fd):
+            os.close(fd)
+        return copy
+    raise BlockingIOError("a standard stream took the descriptor's number over each time")
+
+
+def copy_above_stdio(fd: int) -> int | None:
+    """A close-on-exec duplicate of ``fd`` numbered 3 or more (None: out of descriptors)."""
     # Imported already by zombiereaper._fds (an import now would open files on 0-2 itself);
     # here only for a caller that has not imported it.
     import fcntl  # noqa: PLC0415
 
     try:
-        copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
     except OSError:
-        return fd if is_ours(fd) else None
-    if not is_ours(copy):
-        os.close(copy)  # the program's stream: its dup2() closed what we opened
         return None
-    # The program's stream is never one of ours. (Left: a dup2() between this check and the
-    # close, a window of a few hundred nanoseconds.)
-    if is_ours(fd):
-        os.close(fd)
-    return copy
 
 
 def _close_if_proc_file(fd: int) -> None:

@@ -306,20 +306,8 @@ def open_pidfd(pid: int) -> int:
         OSError: EMFILE/ENFILE/ENOMEM (see OUT_OF_DESCRIPTORS), or pidfds are unsupported.
     """
     with _fds.step():
-        for _ in range(_LOW_NUMBER_ATTEMPTS):
-            fd = os.pidfd_open(pid)
-            if fd > 2:  # above the standard streams
-                return _fds.track(fd)
-            # A standard stream is closed, and the program may dup2() it back onto this
-            # number at any moment: keep only a pidfd, and close nothing of the program's.
-            moved = _linux.move_above_stdio_checked(fd, _is_pidfd)
-            if moved is not None:
-                return _fds.track(moved)
-    raise BlockingIOError(f"pid {pid}: a standard stream took its pidfd's number each time")
-
-
-#: Attempts at opening a pidfd whose number a standard stream keeps taking over.
-_LOW_NUMBER_ATTEMPTS: Final = 5
+        # Above 0-2, and never a stream that the program dup2()s back meanwhile.
+        return _fds.track(_linux.open_above_stdio(lambda: os.pidfd_open(pid), _is_pidfd))
 
 
 def _is_pidfd(fd: int) -> bool:

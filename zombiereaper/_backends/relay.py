@@ -34,15 +34,8 @@ def is_available() -> bool:
     return bool(sys.executable) and os.path.isfile(relay_main.__file__)
 
 
-def _above_stdio(sock: socket.socket) -> socket.socket:
-    """``sock``, or a copy of it numbered above 0-2 if it got one of those (see _fds.LOWEST)."""
-    if sock.fileno() >= _fds.LOWEST:
-        return sock
-    moved = _fds.copy_above_stdio(sock.fileno())
-    if moved is None:
-        return sock
-    sock.close()
-    return socket.socket(fileno=moved)
+def _socket_from_fd(fd: int) -> socket.socket:
+    return socket.socket(fileno=fd)
 
 
 class Relay:
@@ -71,7 +64,7 @@ class Relay:
             # Neither end on 0-2: ours for the reason in _fds.LOWEST; theirs would be
             # overwritten in the relay by the standard streams Popen gives it.
             ours, theirs = (
-                _above_stdio(end)
+                _fds.above_stdio_object(end, _socket_from_fd)
                 for end in socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             )
             _fds.track(ours.fileno(), ours.close)
