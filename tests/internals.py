@@ -68,6 +68,14 @@ def lent_pids() -> set[int]:
         return {watch.pid for watch in monitor._lent.values()}
 
 
+def identify_by_start_time() -> None:
+    """Name children by pid and start time even where pidfs inode numbers would do.
+
+    For good: only for a process that is thrown away after (a PID-namespace case).
+    """
+    setattr(_process, "can_identify_by_inode", lambda: False)  # noqa: B010
+
+
 def lower_relay_thresholds(monkeypatch: pytest.MonkeyPatch, above: int, keep: int) -> None:
     """Lend past ``above`` pidfds, down to ``keep``, so a handful of children uses the relay."""
     monkeypatch.setattr(PidfdMonitor, "lend_above", above)

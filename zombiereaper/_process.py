@@ -7,16 +7,19 @@ from the moment it is opened, and every peek, reap and signal goes through it:
 
 - with a pidfd: ``waitid(P_PIDFD)`` and ``pidfd_send_signal`` name exactly that process, reaped
   or not (a reaped one answers ECHILD or ESRCH, never a stranger's status);
-- by pid and start time (the sigchld backend, a pidfd lent to the relay): an answer read by
-  pid counts only if the start time still matches afterwards; reaping and signalling open a
-  pidfd for the moment and check the start time once it is open, so the call reaches the
-  process that was checked. Where pidfds are missing the check comes right before the call,
-  and the window left between the two is documented at :meth:`ProcessRef.send_signal`.
-  A child named when it is registered has its start time bounded rather than read (it
-  started no later than the registration, and a process given its pid later started after
-  it was reaped): the one case this cannot tell is a process given the pid within the same
-  clock tick (10 ms) as the registration. A pidfd lent to the relay leaves the exact start
-  time, read while the pidfd proved the pid.
+- by pid and identity (the sigchld backend, a pidfd lent to the relay): an answer read by
+  pid counts only if the process that has the pid is still this one afterwards; reaping and
+  signalling open a pidfd for the moment and check the identity once it is open, so the call
+  reaches the process that was checked. The identity is the pidfd's inode number where
+  pidfds live on pidfs (Linux 6.9+: one number per process, never reused while the system
+  runs; one ``fstat()`` of the pidfd reads it), else the start time. Where pidfds are
+  missing the check comes right before the call, and the window left between the two is
+  documented at :meth:`ProcessRef.send_signal`.
+  Without pidfs, a child named when it is registered has its start time bounded rather than
+  read (it started no later than the registration, and a process given its pid later started
+  after it was reaped): the one case this cannot tell is a process given the pid within the
+  same clock tick (10 ms) as the registration. A pidfd lent to the relay leaves the exact
+  identity, read while the pidfd proved the pid.
 
 The errnos, once for all the functions below:
 
@@ -137,6 +140,46 @@ def can_use_pidfd() -> bool:
     finally:
         os.close(fd)
     return True
+
+
+#: statfs f_type of pidfs (include/uapi/linux/magic.h), where pidfds live since Linux 6.9.
+_PIDFS_MAGIC: Final = 0x50494446
+
+
+@functools.cache
+def can_identify_by_inode() -> bool:
+    """Probe once whether a pidfd's inode number names its process for good (pidfs).
+
+    On pidfs (Linux 6.9+) each process gets an inode number when its pid is allocated, a
+    64-bit counter never reused while the system runs, and every pidfd for the process has
+    it: one ``fstat()`` then tells a process from one that took its pid later, where reading
+    the start time costs a /proc read, the dearest step of a reap by pid. Before 6.9 pidfds
+    share one anonymous inode. Asked of the file system itself (``fstatfs``), not of the
+    kernel's version, and only on the 64-bit systems whose ``struct statfs`` is known here.
+    """
+    if not can_use_pidfd() or _raw_waitid() is None:
+        return False
+    import ctypes  # noqa: PLC0415 - loaded already by _raw_waitid()
+
+    fstatfs = ctypes.CDLL(None, use_errno=True).fstatfs
+    buffer = ctypes.create_string_buffer(_STATFS_SIZE)  # struct statfs: f_type comes first
+
+    def on_pidfs(fd: int) -> bool:
+        if fstatfs(fd, buffer) != 0:
+            return False
+        magic: int = _STATFS_TYPE.unpack_from(buffer)[0]
+        return magic == _PIDFS_MAGIC
+
+    try:
+        return _with_pidfd(os.getpid(), on_pidfs)
+    except OSError:  # out of descriptors now: the start time will do
+        return False
+
+
+#: sizeof(struct statfs) on the 64-bit Linux systems of _WAITID_SYSCALLS (120), rounded up;
+#: its first field is the file system's type (a long).
+_STATFS_SIZE: Final = 128
+_STATFS_TYPE: Final = struct.Struct("=q")
 
 
 @functools.cache
@@ -310,6 +353,27 @@ def open_pidfd(pid: int) -> int:
         return _fds.track(_linux.open_above_stdio(lambda: os.pidfd_open(pid), _is_pidfd))
 
 
+def _with_pidfd(pid: int, use: Callable[[int], T]) -> T:
+    """``use(fd)`` with a pidfd for ``pid`` open just for the call.
+
+    Opened, used and closed within one descriptor step (no fork falls in between), so it is
+    not tracked; ``use`` must not block, nor open or close descriptors through
+    zombiereaper._fds (its lock is held).
+
+    Raises:
+        ProcessLookupError: No process has this pid.
+        OSError: EMFILE/ENFILE/ENOMEM (see OUT_OF_DESCRIPTORS), or what ``use`` raises.
+    """
+    with _fds.step():
+        # Above 0-2, and never a stream that the program dup2()s back meanwhile.
+        fd = _linux.open_above_stdio(lambda: os.pidfd_open(pid), _is_pidfd)
+        try:
+            return use(fd)
+        finally:
+            if fd > 2 or _is_pidfd(fd):  # a low number may be the program's stream by now
+                os.close(fd)
+
+
 def _is_pidfd(fd: int) -> bool:
     """Whether ``fd`` is a pidfd (the program's streams never are)."""
     try:
@@ -447,7 +511,7 @@ def send_signal_checked(
     """
     return _checked(
         pid,
-        lambda _strict: still_ours(),
+        lambda _fd, _strict: still_ours(),
         lambda fd: signal_pidfd(fd, pid, sig, group),
         lambda: _kill(pid, sig, group=group),
         False,
@@ -456,7 +520,7 @@ def send_signal_checked(
 
 def _checked(
     pid: int,
-    still_ours: Callable[[bool], bool],
+    still_ours: Callable[[int | None, bool], bool],
     through_pidfd: Callable[[int], T],
     by_pid: Callable[[], T],
     gone: T,
@@ -465,28 +529,24 @@ def _checked(
 
     The pidfd was opened first: if the check then says the pid is still the process we mean,
     the pidfd names that process, and the call cannot reach one that took the pid since.
-    ``gone`` when the check says no (or there is no such process). ``still_ours(strict)``
-    may raise EMFILE when ``strict`` (it reads /proc); out of descriptors, all of it runs
-    again with the reserve freed. Without pidfds at all, or when even that fails, the check
-    comes right before ``by_pid()``: the window left is the process being reaped by another
-    waiter and its pid handed to a new one between the two calls.
+    ``gone`` when the check says no (or there is no such process). ``still_ours(fd,
+    strict)`` gets that pidfd (None without one), and may raise EMFILE when ``strict`` (it
+    may read /proc); out of descriptors, all of it runs again with the reserve freed. Without
+    pidfds at all, or when even that fails, the check comes right before ``by_pid()``: the
+    window left is the process being reaped by another waiter and its pid handed to a new
+    one between the two calls.
     """
 
     def exact() -> T:
         if not can_use_pidfd():
             return degraded()
         try:
-            fd = open_pidfd(pid)
+            return _with_pidfd(pid, lambda fd: through_pidfd(fd) if still_ours(fd, True) else gone)
         except ProcessLookupError:
             return gone
-        born = _fds.generation()
-        try:
-            return through_pidfd(fd) if still_ours(True) else gone
-        finally:
-            _fds.close(fd, born)
 
     def degraded() -> T:
-        return by_pid() if still_ours(False) else gone
+        return by_pid() if still_ours(None, False) else gone
 
     return _with_room(exact, degraded)
 
@@ -547,7 +607,7 @@ def _kill(pid: int, sig: int, *, group: bool = False) -> bool:
 
 
 class ProcessRef:
-    """One child of ours, named by its pidfd, or by its pid and start time.
+    """One child of ours, named by its pidfd, or by its pid and its pidfs inode or start time.
 
     Not thread-safe: its owner (a Watch) uses it under its own lock. Open with :meth:`open`.
 
@@ -555,14 +615,23 @@ class ProcessRef:
         pid: The child's pid.
     """
 
-    __slots__ = ("_born", "_born_by", "_fd", "_lent", "_start", "pid")
+    __slots__ = ("_born", "_born_by", "_fd", "_ino", "_lent", "_start", "pid")
 
     def __init__(
-        self, pid: int, fd: int | None, start: int | None, *, born_by: int | None = None
+        self,
+        pid: int,
+        fd: int | None,
+        start: int | None,
+        *,
+        born_by: int | None = None,
+        ino: int | None = None,
     ) -> None:
         self.pid = pid
         self._fd = fd
-        #: Its exact start time (read while a pidfd proved the pid was this process)...
+        #: Its pidfs inode number (see can_identify_by_inode), read through a pidfd that
+        #: named this process...
+        self._ino = ino
+        #: ...or its exact start time (read while a pidfd proved the pid was this process)...
         self._start = start
         #: ...or a bound: it started no later than this (boot ticks, like a start time).
         self._born_by = born_by
@@ -572,7 +641,7 @@ class ProcessRef:
 
     @classmethod
     def open(cls, pid: int, *, pidfd: bool) -> ProcessRef:
-        """Name the unreaped child ``pid``: by a pidfd if ``pidfd``, else by its start time.
+        """Name the unreaped child ``pid``: by a pidfd if ``pidfd``, else by pid and identity.
 
         The caller makes sure that ``pid`` still names the child it means (it has just
         started it, or holds the lock of the child's only other waiter): a reaped child's pid
@@ -594,6 +663,17 @@ class ProcessRef:
                 ref.close()
                 raise
             return ref
+        if can_identify_by_inode():
+            try:
+                # ECHILD: it names no child of ours (reaped and reused?).
+                ino = _with_pidfd(pid, _inode_of_child)
+            except ProcessLookupError:
+                raise ChildProcessError(f"no process has pid {pid}") from None
+            except OSError as err:
+                if err.errno not in OUT_OF_DESCRIPTORS:
+                    raise
+            else:
+                return cls(pid, None, None, ino=ino)
         # No /proc read here: reading a child's stat while it execs costs more than the
         # whole registration otherwise (the sigchld backend's throughput fell by a fifth).
         # Its start time is bounded instead: it is running or a zombie now, so it started no
@@ -610,13 +690,18 @@ class ProcessRef:
         """The pidfd, readable once the process has exited; None when named by start time."""
         return self._fd
 
-    def _is_same(self, strict: bool) -> bool:
-        """Whether the process that has the pid now is this one (by start time).
+    def _is_same(self, fd: int | None, strict: bool) -> bool:
+        """Whether the process that has the pid now is this one (``fd``: a pidfd for the pid).
+
+        By inode number, read through ``fd``; else by start time.
 
         Raises:
             OSError: EMFILE/ENFILE when ``strict`` and /proc cannot be read; not ``strict``,
                 the pid is all there is then (and True).
         """
+        if self._ino is not None:
+            # Without a pidfd (out of descriptors), the pid is all there is (True).
+            return fd is None or os.fstat(fd).st_ino == self._ino
         if self._start is None and self._born_by is None:
             return True  # no /proc here: a pid is all there is (documented window)
         try:
@@ -633,8 +718,17 @@ class ProcessRef:
                 raise
             return True
 
+    def _is_same_now(self) -> bool:
+        """:meth:`_is_same`, with a pidfd opened for it when the identity is an inode number."""
+        if self._ino is None:
+            return self._is_same(None, True)
+        try:
+            return _with_pidfd(self.pid, lambda fd: self._is_same(fd, True))
+        except ProcessLookupError:
+            return False
+
     def _is_same_with_room(self) -> bool:
-        return _with_room(lambda: self._is_same(True), lambda: self._is_same(False))
+        return _with_room(self._is_same_now, lambda: self._is_same(None, False))
 
     # --- reading and reaping ------------------------------------------------------------------
 
@@ -717,9 +811,9 @@ class ProcessRef:
         if self._fd is not None:
             return signal_pidfd(self._fd, self.pid, sig, group)
 
-        def still_ours(strict: bool) -> bool:
+        def still_ours(fd: int | None, strict: bool) -> bool:
             # A group by id (no pidfd): only while the leader is unreaped keeps the id its own.
-            return self._is_same(strict) and (not group or self._is_unreaped_child())
+            return self._is_same(fd, strict) and (not group or self._is_unreaped_child())
 
         return _checked(
             self.pid,
@@ -741,23 +835,30 @@ class ProcessRef:
     # --- handing the pidfd over (the relay) -------------------------------------------------
 
     def lend(self) -> int | None:
-        """Give up the pidfd, going on by pid and start time; return the pidfd (still tracked).
+        """Give up the pidfd, going on by pid and identity; return the pidfd (still tracked).
 
-        The start time is read while the pidfd proves that the pid is still this running
-        process. None, and nothing changes, when that cannot be proven: it has exited or been
-        reaped (settle it instead), or there is no /proc.
+        The identity is the pidfd's inode number (pidfs), or the start time, read while the
+        pidfd proves that the pid is still this running process. None, and nothing changes,
+        when that cannot be proven: it has exited or been reaped (settle it instead), or
+        there is no /proc.
         """
         fd = self._fd
         if fd is None:
             return None
+        ino = start = None
         try:
-            start = start_time(self.pid)
-            if start is None or peek_pidfd(fd) is not None:
+            if can_identify_by_inode():
+                ino = os.fstat(fd).st_ino
+            else:
+                start = start_time(self.pid)
+                if start is None:
+                    return None
+            if peek_pidfd(fd) is not None:
                 return None
         except OSError:  # ECHILD: reaped; EMFILE: /proc unreadable
             return None
         # Running at the peek, after the read: the read was of this process.
-        self._fd, self._start, self._lent = None, start, True
+        self._fd, self._ino, self._start, self._lent = None, ino, start, True
         return fd
 
     def take_back(self, fd: int | None) -> None:
@@ -780,11 +881,23 @@ class ProcessRef:
     def __repr__(self) -> str:
         if self._fd is not None:
             how = f"pidfd {self._fd}"
+        elif self._ino is not None:
+            how = f"inode {self._ino}"
         elif self._start is not None:
             how = f"start time {self._start}"
         else:
             how = f"started by {self._born_by}"
         return f"<ProcessRef pid={self.pid} {how}>"
+
+
+def _inode_of_child(fd: int) -> int:
+    """The inode number of the pidfd ``fd``, if it names an unreaped child of ours.
+
+    Raises:
+        ChildProcessError: It names no unreaped child of ours.
+    """
+    peek_pidfd(fd)
+    return os.fstat(fd).st_ino
 
 
 class Away:

@@ -10,12 +10,15 @@ stolen status is never mistaken for another child's that took the pid (issue 11,
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING, Final
 
 from .. import _sighandler
 from .._process import ProcessRef, can_peek
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._watch import Watch
     from .loop import Loop
 
@@ -85,19 +88,41 @@ class SweepSchedule:
             )
         self._quiet_until = now + self._quiet_period
 
+    def record_idle(self, now: float) -> None:
+        """A sweep was due at ``now`` but nothing was watched: no sign of a storm.
+
+        The next wakeup sweeps at once (a spawn's child may exit a moment later).
+        """
+        self._last_sweep = now
+        self._pending = False
+        self._quiet_period = 0.0
+        self._quiet_until = now
+
 
 class SweepMonitor:
-    """Watches the children that have no descriptor to wait on: each is checked every sweep."""
+    """Watches the children that have no descriptor to wait on: each is checked every sweep.
 
-    def __init__(self, loop: Loop, now: float) -> None:
+    The reaping thread arms the timer while anything is watched, and for one
+    SAFETY_SWEEP_INTERVAL after the last watch left: a program that spawns one short-lived
+    child after another then spawns each without waking the thread (its exit's SIGCHLD
+    does), at the price of a sweep or two of nothing once it stops.
+    """
+
+    def __init__(
+        self, loop: Loop, now: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._loop = loop
+        self._clock = clock
         self._lock = threading.Lock()
         self._watches: set[Watch] = set()
         self._schedule = SweepSchedule(now)
         #: Whether the reaping thread's current wait ends in time for a timer sweep (it
-        #: asked timeout() while something was swept): a child added meanwhile is swept by
-        #: then without a wakeup.
+        #: asked timeout() while something was swept, or soon after): a child added
+        #: meanwhile is swept by then without a wakeup.
         self._timer_armed = False
+        #: When the last watch left (by ``clock``): the timer stays armed for one interval
+        #: after, so that the next spawn of a busy program need not wake the thread.
+        self._emptied_at = float("-inf")
         #: Sweeps so far (read by tests of the storm guard).
         self.sweeps = 0
 
@@ -117,7 +142,7 @@ class SweepMonitor:
             self._loop.sweep_needed()
         # From now on its exit raises a SIGCHLD that wakes a sweep. One that came before (it
         # has exited already; a demoted watch has) woke nobody for it: wake the sweep then.
-        # So does a reaping thread that sleeps with no sweep timer (nothing was swept): the
+        # So does a reaping thread that sleeps with no sweep timer (nothing swept lately): the
         # timer is what finds an exit while the main thread cannot run the handler. Else a
         # child seen running needs no wakeup, and spawn() saves one.
         if not armed or not _still_running(watch):
@@ -128,6 +153,8 @@ class SweepMonitor:
         with self._lock:
             self._watches.discard(watch)
             last = not self._watches
+            if last:
+                self._emptied_at = self._clock()
         watch.monitor = None
         # Only a change between empty and not changes what SIGCHLD must do; the loop reads
         # the set's state when told, so the last of two racing calls sees the latest one.
@@ -135,13 +162,15 @@ class SweepMonitor:
             self._loop.sweep_needed()
 
     def timeout(self, now: float) -> float | None:
-        """Seconds until the next sweep is due, or None when nothing is watched this way.
+        """Seconds until the next sweep is due; None when nothing is swept, nor was lately.
 
-        The reaping thread asks this before each wait: a timer sweep is armed (or not) until
-        it asks again.
+        Lately: within the last SAFETY_SWEEP_INTERVAL. The reaping thread asks this before
+        each wait: a timer sweep is armed (or not) until it asks again.
         """
         with self._lock:
-            self._timer_armed = bool(self._watches)
+            self._timer_armed = bool(self._watches) or (
+                now - self._emptied_at < SAFETY_SWEEP_INTERVAL
+            )
         return self._schedule.timeout(now) if self._timer_armed else None
 
     def note_wakeup(self) -> None:
@@ -152,8 +181,10 @@ class SweepMonitor:
         """Check every swept child if a sweep is due."""
         if not self._schedule.is_due(now):
             return
-        found = self.sweep() if self._watches else 0
-        self._schedule.record_sweep(now, found)
+        if self._watches:
+            self._schedule.record_sweep(now, self.sweep())
+        else:
+            self._schedule.record_idle(now)
 
     def sweep(self) -> int:
         """Check every swept child now; return how many were settled."""

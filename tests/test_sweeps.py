@@ -1,0 +1,144 @@
+"""When the sigchld backend sweeps, and when a new child wakes the reaping thread.
+
+A spawn wakes the reaping thread only if nothing would otherwise find its child's exit soon
+enough: the child has exited already, or the thread sleeps with no sweep timer armed. The
+timer stays armed for one interval after the last swept child left, so that a program that
+spawns one short-lived child after another does not pay a wakeup per spawn; and a sweep that
+had nothing to check does not count as a storm, so the next SIGCHLD is swept at once.
+These drive one SweepMonitor directly, with a stand-in loop and clock: no timing involved.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from zombiereaper import _sighandler
+from zombiereaper._backends.sigchld import SAFETY_SWEEP_INTERVAL, SweepMonitor
+from zombiereaper._process import ProcessRef
+
+
+class _Loop:
+    """The reaping loop as a SweepMonitor sees it: notes what it is asked."""
+
+    def __init__(self) -> None:
+        self.settled: list[object] = []
+
+    def sweep_needed(self) -> None:
+        pass
+
+    def settle_now(self, watch: object) -> bool:
+        self.settled.append(watch)
+        return False
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Watch(SimpleNamespace):
+    """What a SweepMonitor reads of a Watch (kept in a set: hashed by identity)."""
+
+    __hash__ = object.__hash__
+
+
+def _watch(notice: object = None) -> Any:
+    return _Watch(pid=0, notice=notice, monitor=None, slot=None)
+
+
+@pytest.fixture
+def wakes(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """Each wakeup of the reaping thread, instead of a byte in the wakeup pipe."""
+    woken: list[None] = []
+    monkeypatch.setattr(_sighandler, "wake", lambda: woken.append(None))
+    return woken
+
+
+@pytest.fixture
+def running() -> Iterator[ProcessRef]:
+    """A running child of ours, named by pid as the sigchld backend names it."""
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        ref = ProcessRef.open(child.pid, pidfd=False)
+        yield ref
+        ref.close()
+    finally:
+        child.kill()
+        child.wait(10)
+
+
+def test_a_sweep_with_nothing_to_check_does_not_delay_the_next_one() -> None:
+    """After a timer sweep of nothing, a child added and its SIGCHLD are swept at once."""
+    loop, clock = _Loop(), _Clock()
+    monitor = SweepMonitor(loop, clock.now, clock=clock)  # type: ignore[arg-type]
+    monitor.sweep_if_due(clock.now + 2 * SAFETY_SWEEP_INTERVAL)  # the timer's: nothing watched
+    watch = _watch()
+    monitor.add(watch)
+    monitor.note_wakeup()  # its SIGCHLD
+    monitor.sweep_if_due(clock.now + 2 * SAFETY_SWEEP_INTERVAL + 1e-6)
+    assert loop.settled == [watch], "the sweep waited out a quiet period meant for storms"
+
+
+def test_a_sweep_that_finds_nothing_still_quiets_the_next_wakeup() -> None:
+    """The storm guard stays: a sweep of watched children that finds no exit backs off."""
+    loop, clock = _Loop(), _Clock()
+    monitor = SweepMonitor(loop, clock.now, clock=clock)  # type: ignore[arg-type]
+    watch = _watch()
+    monitor.add(watch)
+    monitor.note_wakeup()
+    monitor.sweep_if_due(clock.now)
+    assert loop.settled == [watch]
+    monitor.note_wakeup()  # a spurious SIGCHLD right after
+    monitor.sweep_if_due(clock.now + 1e-6)
+    assert loop.settled == [watch], "a storm of SIGCHLD would sweep without pause"
+
+
+def test_the_timer_stays_armed_for_an_interval_after_the_last_child_left() -> None:
+    loop, clock = _Loop(), _Clock()
+    monitor = SweepMonitor(loop, clock.now, clock=clock)  # type: ignore[arg-type]
+    assert monitor.timeout(clock.now) is None, "armed with nothing ever watched"
+    watch = _watch()
+    monitor.add(watch)
+    monitor.remove(watch)
+    assert monitor.timeout(clock.now + SAFETY_SWEEP_INTERVAL / 2) is not None
+    assert monitor.timeout(clock.now + 2 * SAFETY_SWEEP_INTERVAL) is None
+
+
+def test_a_running_child_added_while_the_timer_is_armed_wakes_nobody(
+    wakes: list[None], running: ProcessRef
+) -> None:
+    """The timer finds it (and its exit's SIGCHLD wakes the thread): no wakeup per spawn."""
+    loop, clock = _Loop(), _Clock()
+    monitor = SweepMonitor(loop, clock.now, clock=clock)  # type: ignore[arg-type]
+    first = _watch()
+    monitor.add(first)  # the thread sleeps unarmed: this one wakes it
+    assert len(wakes) == 1
+    monitor.timeout(clock.now)  # the thread, woken, arms the timer
+    monitor.remove(first)  # settled: the set is empty again
+    monitor.timeout(clock.now + SAFETY_SWEEP_INTERVAL / 2)  # still armed: it left lately
+    monitor.add(_watch(running))
+    assert len(wakes) == 1, "a running child woke the reaping thread with its timer armed"
+
+
+def test_a_child_added_while_the_timer_is_unarmed_wakes_the_thread(
+    wakes: list[None], running: ProcessRef
+) -> None:
+    """Long after the last swept child, the thread sleeps with no timer: wake it to arm one."""
+    loop, clock = _Loop(), _Clock()
+    monitor = SweepMonitor(loop, clock.now, clock=clock)  # type: ignore[arg-type]
+    first = _watch()
+    monitor.add(first)
+    monitor.timeout(clock.now)
+    monitor.remove(first)
+    monitor.timeout(clock.now + 2 * SAFETY_SWEEP_INTERVAL)  # the thread now sleeps unarmed
+    wakes.clear()
+    monitor.add(_watch(running))
+    assert len(wakes) == 1, "nothing would find this child's exit without the handler"
