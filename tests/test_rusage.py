@@ -140,7 +140,7 @@ def test_without_the_raw_call_statuses_are_exact_and_usage_is_none(
     monkeypatch: pytest.MonkeyPatch, backend: str
 ) -> None:
     """A machine whose waitid number is unknown: reaps go through os.waitid, no usage."""
-    monkeypatch.setattr(_process, "_raw_calls", lambda: None)
+    monkeypatch.setattr(_process, "_raw_waitid", lambda: None)
     with Reaper(backend=backend) as reaper:
         status = reaper.spawn(sh("exit 5")).wait(30)
     assert status == 5 and status.rusage is None
@@ -150,11 +150,8 @@ def test_an_enosys_from_the_raw_call_falls_back_for_good(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A wrong syscall number (ENOSYS) costs nothing: that reap and the next go on without."""
-    raw = _process._raw_calls()
-    if raw is None:
-        pytest.skip("no raw system calls on this machine")
-    broken = _process._RawCalls(raw._numbers._replace(waitid=100_000))  # no such system call
-    monkeypatch.setattr(_process, "_raw_calls", lambda: broken)
+    broken = _process._RawWaitid(100_000)  # no such system call
+    monkeypatch.setattr(_process, "_raw_waitid", lambda: broken)
     with Reaper() as reaper:
         statuses = [reaper.spawn(sh(f"exit {code}")).wait(30) for code in (3, 4)]
     assert statuses == [3, 4]
@@ -203,7 +200,7 @@ def test_a_record_of_a_short_child_keeps_little() -> None:
 
 def test_the_raw_call_reused_says_none_for_a_running_child() -> None:
     """Its buffers are reused per thread: after a reap, a child still running reads as None."""
-    raw = _process._raw_calls()
+    raw = _process._raw_waitid()
     if raw is None:
         pytest.skip("no raw waitid on this machine")
     done = subprocess.Popen(["true"])
@@ -226,12 +223,12 @@ def test_the_raw_call_reused_says_none_for_a_running_child() -> None:
 def test_the_raw_call_is_linux_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Another system on the same machine name (macOS on x86_64) has other syscall numbers."""
     monkeypatch.setattr(_process.sys, "platform", "darwin")
-    assert _process._raw_calls.__wrapped__() is None
+    assert _process._raw_waitid.__wrapped__() is None
 
 
 def test_the_raw_call_reads_the_kernels_figures() -> None:
     """The ctypes call's struct matches what os.wait4 reports for a twin child."""
-    raw = _process._raw_calls()
+    raw = _process._raw_waitid()
     if raw is None:
         pytest.skip("no raw waitid on this machine")
     twins = [subprocess.Popen(BUSY), subprocess.Popen(BUSY)]
@@ -250,38 +247,3 @@ def test_the_raw_call_reads_the_kernels_figures() -> None:
     # Same program, same work: the same order of magnitude on every field that counts.
     assert usage.ru_utime >= 0.2 and other_usage.ru_utime >= 0.2
     assert abs(usage.ru_maxrss - other_usage.ru_maxrss) < 16 * 1024  # KiB
-
-
-def test_the_raw_steps_of_a_reap_match_the_os_module() -> None:
-    """pidfd_open, the inode number and close through ctypes, as ``os`` gives them."""
-    raw = _process._raw_calls()
-    if raw is None or not _process.can_use_pidfd():
-        pytest.skip("no raw system calls or no pidfds on this machine")
-    child = subprocess.Popen(["sleep", "60"])
-    try:
-        fd = raw.pidfd_open(child.pid)
-        try:
-            assert raw.inode(fd) == _process.os.fstat(fd).st_ino
-            assert _process.peek_pidfd(fd) is None  # a pidfd for our running child
-        finally:
-            raw.close(fd)
-        with pytest.raises(OSError, match="Bad file descriptor"):
-            _process.os.fstat(fd)  # closed (no other thread opens files here)
-        with pytest.raises(OSError, match="Bad file descriptor"):
-            raw.inode(fd)
-    finally:
-        child.kill()
-        child.wait()
-    # Reaped: no process has the pid now (unless reused at once, which this machine's pid
-    # counter, far from wrapping, does not do).
-    with pytest.raises(ProcessLookupError):
-        raw.pidfd_open(child.pid)
-
-
-def test_the_raw_waitid_never_blocks() -> None:
-    """It holds the GIL: a wait without WNOHANG is refused, not left to hang every thread."""
-    raw = _process._raw_calls()
-    if raw is None:
-        pytest.skip("no raw system calls on this machine")
-    with pytest.raises(ValueError, match="WNOHANG"):
-        raw.wait(_process.os.P_ALL, 0, _process.os.WEXITED)

@@ -36,11 +36,8 @@ The errnos, once for all the functions below:
 Reaping returns the child's resource usage too (:class:`Reaped`): ``os.waitid`` gives none and
 ``os.wait4`` names a child by pid only (a pid that may have been handed on), so reaps go
 through the ``waitid`` system call itself, whose fifth argument is a ``struct rusage``, called
-through ctypes on the architectures whose syscall numbers and struct layouts are known here
-(:data:`_SYSCALLS`); elsewhere the usage is None. The steps of a reap by pid and identity
-(pidfd_open, fstat, waitid, close) go through ctypes there too, without releasing the GIL:
-none of them can block, and each release let another thread take the GIL in between (see
-:class:`_RawCalls`).
+through ctypes on the architectures whose syscall number and struct layouts are known here
+(:data:`_WAITID_SYSCALLS`); elsewhere the usage is None.
 """
 
 from __future__ import annotations
@@ -85,27 +82,12 @@ _PIDFD_INFO: Final = struct.Struct("=Q52xi")
 OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
-class _Syscalls(NamedTuple):
-    """System call numbers of one machine."""
-
-    waitid: int
-    pidfd_open: int
-    fstat: int
-    close: int
-
-
-#: The system calls' numbers, by machine (os.uname().machine), where this module knows them
-#: and the 64-bit layouts of siginfo_t, struct rusage and struct stat that it reads below.
-_SYSCALLS: Final = {
-    "x86_64": _Syscalls(waitid=247, pidfd_open=434, fstat=5, close=3),
-    "aarch64": _Syscalls(waitid=95, pidfd_open=434, fstat=80, close=57),
-}
+#: The waitid system call's number, by machine (os.uname().machine), where this module knows
+#: it and the 64-bit layouts of siginfo_t and struct rusage that it reads below.
+_WAITID_SYSCALLS: Final = {"x86_64": 247, "aarch64": 95}
 #: siginfo_t: 128 bytes; int si_code at 8; for SIGCHLD, int si_pid at 16, si_status at 24.
 _SIGINFO_SIZE: Final = 128
 _SIGINFO_CHILD: Final = struct.Struct("=8xi4xi4xi")
-#: struct stat: 144 bytes on x86-64, 128 on 64-bit Arm; the inode number is the u64 at 8.
-_STAT_SIZE: Final = 144
-_STAT_INO: Final = struct.Struct("=8xQ")
 
 
 class ProcessGone(ChildProcessError):
@@ -175,9 +157,9 @@ def can_identify_by_inode() -> bool:
     share one anonymous inode. Asked of the file system itself (``fstatfs``), not of the
     kernel's version, and only on the 64-bit systems whose ``struct statfs`` is known here.
     """
-    if not can_use_pidfd() or _raw_calls() is None:
+    if not can_use_pidfd() or _raw_waitid() is None:
         return False
-    import ctypes  # noqa: PLC0415 - loaded already by _raw_calls()
+    import ctypes  # noqa: PLC0415 - loaded already by _raw_waitid()
 
     fstatfs = ctypes.CDLL(None, use_errno=True).fstatfs
     buffer = ctypes.create_string_buffer(_STATFS_SIZE)  # struct statfs: f_type comes first
@@ -194,7 +176,7 @@ def can_identify_by_inode() -> bool:
         return False
 
 
-#: sizeof(struct statfs) on the 64-bit Linux systems of _SYSCALLS (120), rounded up;
+#: sizeof(struct statfs) on the 64-bit Linux systems of _WAITID_SYSCALLS (120), rounded up;
 #: its first field is the file system's type (a long).
 _STATFS_SIZE: Final = 128
 _STATFS_TYPE: Final = struct.Struct("=q")
@@ -382,21 +364,14 @@ def _with_pidfd(pid: int, use: Callable[[int], T]) -> T:
         ProcessLookupError: No process has this pid.
         OSError: EMFILE/ENFILE/ENOMEM (see OUT_OF_DESCRIPTORS), or what ``use`` raises.
     """
-    raw = _raw_calls()
     with _fds.step():
         # Above 0-2, and never a stream that the program dup2()s back meanwhile.
-        if raw is None:
-            fd = _linux.open_above_stdio(lambda: os.pidfd_open(pid), _is_pidfd)
-        else:
-            fd = _linux.open_above_stdio(lambda: raw.pidfd_open(pid), _is_pidfd)
+        fd = _linux.open_above_stdio(lambda: os.pidfd_open(pid), _is_pidfd)
         try:
             return use(fd)
         finally:
             if fd > 2 or _is_pidfd(fd):  # a low number may be the program's stream by now
-                if raw is None:
-                    os.close(fd)
-                else:
-                    raw.close(fd)
+                os.close(fd)
 
 
 def _is_pidfd(fd: int) -> bool:
@@ -438,8 +413,8 @@ def reap_pidfd(fd: int) -> Reaped | None:
 
 
 def _waitid(idtype: int, ident: int, options: int) -> Reaped | None:
-    """``waitid(idtype, ident, options)`` (WNOHANG), with the resource usage where it can."""
-    call = _raw_calls()
+    """``waitid(idtype, ident, options)``, with the resource usage where it can."""
+    call = _raw_waitid()
     if call is not None and call.works:
         try:
             return call.wait(idtype, ident, options)
@@ -451,41 +426,29 @@ def _waitid(idtype: int, ident: int, options: int) -> Reaped | None:
     return None if raw is None else Reaped(raw, None)
 
 
-class _RawCalls:
-    """System calls through ctypes: waitid with a struct rusage, and the steps around a reap.
+class _RawWaitid:
+    """The waitid system call through ctypes, which fills a struct rusage too."""
 
-    Called without releasing the GIL (``ctypes.PyDLL``): each returns at once (a waitid with
-    WNOHANG; pidfd_open, fstat and close of a pidfd), and a reap by pid and identity makes four
-    of them in a row on the reaping thread. Through ``os``, each released the GIL, and a
-    thread waiting for it (the caller's, back from starting the next child) took it in between,
-    so that the reaping thread then waited for it again, up to four times per exit: measured
-    with the sigchld backend, holding it gave about 3% more children per second.
-    """
-
-    def __init__(self, numbers: _Syscalls) -> None:
+    def __init__(self, number: int) -> None:
         import ctypes  # noqa: PLC0415 - only reaps need it
 
         self._ctypes = ctypes
-        self._syscall = ctypes.PyDLL(None, use_errno=True).syscall
+        self._syscall = ctypes.CDLL(None, use_errno=True).syscall
         self._syscall.restype = ctypes.c_long
-        self._numbers = numbers
+        long, pointer = ctypes.c_long, ctypes.c_void_p
+        self._syscall.argtypes = [long, long, long, pointer, long, pointer]
+        self._number = number
         #: Each thread's siginfo_t and struct rusage buffers, made on its first call.
         self._buffers = threading.local()
-        #: False once the kernel said ENOSYS to waitid.
+        #: False once the kernel said ENOSYS.
         self.works = True
 
-    def _fail(self) -> OSError:
-        number = self._ctypes.get_errno()
-        return OSError(number, os.strerror(number))
-
     def wait(self, idtype: int, ident: int, options: int) -> Reaped | None:
-        """Wait as :func:`_waitid` does (``options`` must hold WNOHANG: the GIL is held).
+        """Wait as :func:`_waitid` does.
 
         Raises:
             OSError: ECHILD (a ChildProcessError) or ENOSYS, as ``os.waitid`` would.
         """
-        if not options & os.WNOHANG:
-            raise ValueError("the raw waitid holds the GIL: it must not block (WNOHANG)")
         # Reused: Linux writes si_pid on every successful call (0 when no child was
         # waitable), and the usage only when one was, which is the only time it is read.
         # Taken out while in use: a signal handler that reaps on this thread meanwhile (between
@@ -497,12 +460,11 @@ class _RawCalls:
             create = self._ctypes.create_string_buffer
             buffers = (create(_SIGINFO_SIZE), create(RUSAGE_LAYOUT.size))
         info, usage = buffers
-        long = self._ctypes.c_long
         try:
-            call = (long(self._numbers.waitid), long(idtype), long(ident), info, long(options))
-            while self._syscall(*call, usage) != 0:
-                if self._ctypes.get_errno() != errno.EINTR:
-                    raise self._fail()
+            while self._syscall(self._number, idtype, ident, info, options, usage) != 0:
+                number = self._ctypes.get_errno()
+                if number != errno.EINTR:
+                    raise OSError(number, os.strerror(number))
             code, pid, status = _SIGINFO_CHILD.unpack_from(info)
             # Kept as the kernel wrote it: unpacked only if someone reads it.
             kept = usage.raw if pid else None
@@ -512,56 +474,19 @@ class _RawCalls:
             return None
         return Reaped(wait_status_from_waitid(code, status), kept)
 
-    def pidfd_open(self, pid: int) -> int:
-        """``os.pidfd_open(pid)``, close-on-exec as pidfds always are.
-
-        Raises:
-            OSError: As os.pidfd_open (ProcessLookupError: no such process; EMFILE...).
-        """
-        long = self._ctypes.c_long
-        fd: int = self._syscall(long(self._numbers.pidfd_open), long(pid), long(0))
-        if fd < 0:
-            raise self._fail()
-        return fd
-
-    def inode(self, fd: int) -> int:
-        """``os.fstat(fd).st_ino``.
-
-        Raises:
-            OSError: As os.fstat.
-        """
-        buffer = self._ctypes.create_string_buffer(_STAT_SIZE)
-        long = self._ctypes.c_long
-        if self._syscall(long(self._numbers.fstat), long(fd), buffer) != 0:
-            raise self._fail()
-        ino: int = _STAT_INO.unpack_from(buffer)[0]
-        return ino
-
-    def close(self, fd: int) -> None:
-        """``os.close(fd)``, for a descriptor nobody else uses (a pidfd of the moment)."""
-        # Linux releases the descriptor even when close() reports an error: nothing to retry.
-        long = self._ctypes.c_long
-        self._syscall(long(self._numbers.close), long(fd))
-
 
 @functools.cache
-def _raw_calls() -> _RawCalls | None:
-    """The raw system calls; None where this module does not know this machine's."""
+def _raw_waitid() -> _RawWaitid | None:
+    """The raw waitid call; None where this module does not know this machine's."""
     # Linux's numbers and layouts: another system on the same machine (macOS on x86-64) has
     # other numbers, and another call behind 247.
-    numbers = _SYSCALLS.get(os.uname().machine) if sys.platform == "linux" else None
-    if numbers is None:
+    number = _WAITID_SYSCALLS.get(os.uname().machine) if sys.platform == "linux" else None
+    if number is None:
         return None
     try:
-        return _RawCalls(numbers)
+        return _RawWaitid(number)
     except (ImportError, OSError, AttributeError):  # no ctypes, no libc, no syscall()
         return None
-
-
-def _inode(fd: int) -> int:
-    """The inode number of the descriptor ``fd`` (a pidfd: see can_identify_by_inode)."""
-    raw = _raw_calls()
-    return os.fstat(fd).st_ino if raw is None else raw.inode(fd)
 
 
 def start_time(pid: int) -> int | None:
@@ -776,7 +701,7 @@ class ProcessRef:
         """
         if self._ino is not None:
             # Without a pidfd (out of descriptors), the pid is all there is (True).
-            return fd is None or _inode(fd) == self._ino
+            return fd is None or os.fstat(fd).st_ino == self._ino
         if self._start is None and self._born_by is None:
             return True  # no /proc here: a pid is all there is (documented window)
         try:
@@ -923,7 +848,7 @@ class ProcessRef:
         ino = start = None
         try:
             if can_identify_by_inode():
-                ino = _inode(fd)
+                ino = os.fstat(fd).st_ino
             else:
                 start = start_time(self.pid)
                 if start is None:
@@ -972,7 +897,7 @@ def _inode_of_child(fd: int) -> int:
         ChildProcessError: It names no unreaped child of ours.
     """
     peek_pidfd(fd)
-    return _inode(fd)
+    return os.fstat(fd).st_ino
 
 
 class Away:
