@@ -226,6 +226,12 @@ def test_the_raw_call_is_linux_only(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _process._raw_waitid.__wrapped__() is None
 
 
+def test_the_raw_call_needs_a_64_bit_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 32-bit Python on a 64-bit kernel sees x86_64 too, but has other numbers and layouts."""
+    monkeypatch.setattr(_process.sys, "maxsize", 2**31 - 1)
+    assert _process._raw_waitid.__wrapped__() is None
+
+
 def test_the_raw_call_reads_the_kernels_figures() -> None:
     """The ctypes call's struct matches what os.wait4 reports for a twin child."""
     raw = _process._raw_waitid()

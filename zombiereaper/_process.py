@@ -478,10 +478,11 @@ class _RawWaitid:
 @functools.cache
 def _raw_waitid() -> _RawWaitid | None:
     """The raw waitid call; None where this module does not know this machine's."""
-    # Linux's numbers and layouts: another system on the same machine (macOS on x86-64) has
-    # other numbers, and another call behind 247.
+    # Linux's numbers and 64-bit layouts: another system on the same machine (macOS on
+    # x86-64) has other numbers, and another call behind 247; so has a 32-bit Python on a
+    # 64-bit kernel (a 32-bit container), which uname() still calls x86_64.
     number = _WAITID_SYSCALLS.get(os.uname().machine) if sys.platform == "linux" else None
-    if number is None:
+    if number is None or sys.maxsize < 2**63 - 1:
         return None
     try:
         return _RawWaitid(number)
