@@ -75,10 +75,25 @@ def running() -> Iterator[ProcessRef]:
         child.wait(10)
 
 
+def _monitor() -> tuple[SweepMonitor, _Loop, _Clock]:
+    loop, clock = _Loop(), _Clock()
+    return SweepMonitor(loop, clock.now, clock=clock), loop, clock  # type: ignore[arg-type]
+
+
+def _emptied_and_asked(later: float) -> SweepMonitor:
+    """A monitor whose one swept child left; the reaping thread asks ``later`` after that."""
+    monitor, _, clock = _monitor()
+    first = _watch()
+    monitor.add(first)  # the thread sleeps unarmed: this one wakes it
+    monitor.timeout(clock.now)  # the thread, woken, arms the timer
+    monitor.remove(first)  # settled: the set is empty again
+    monitor.timeout(clock.now + later)
+    return monitor
+
+
 def test_a_sweep_with_nothing_to_check_does_not_delay_the_next_one() -> None:
     """After a timer sweep of nothing, a child added and its SIGCHLD are swept at once."""
-    loop, clock = _Loop(), _Clock()
-    monitor = SweepMonitor(loop, clock.now, clock=clock)  # type: ignore[arg-type]
+    monitor, loop, clock = _monitor()
     monitor.sweep_if_due(clock.now + 2 * SAFETY_SWEEP_INTERVAL)  # the timer's: nothing watched
     watch = _watch()
     monitor.add(watch)
@@ -89,8 +104,7 @@ def test_a_sweep_with_nothing_to_check_does_not_delay_the_next_one() -> None:
 
 def test_a_sweep_that_finds_nothing_still_quiets_the_next_wakeup() -> None:
     """The storm guard stays: a sweep of watched children that finds no exit backs off."""
-    loop, clock = _Loop(), _Clock()
-    monitor = SweepMonitor(loop, clock.now, clock=clock)  # type: ignore[arg-type]
+    monitor, loop, clock = _monitor()
     watch = _watch()
     monitor.add(watch)
     monitor.note_wakeup()
@@ -102,8 +116,7 @@ def test_a_sweep_that_finds_nothing_still_quiets_the_next_wakeup() -> None:
 
 
 def test_the_timer_stays_armed_for_an_interval_after_the_last_child_left() -> None:
-    loop, clock = _Loop(), _Clock()
-    monitor = SweepMonitor(loop, clock.now, clock=clock)  # type: ignore[arg-type]
+    monitor, _, clock = _monitor()
     assert monitor.timeout(clock.now) is None, "armed with nothing ever watched"
     watch = _watch()
     monitor.add(watch)
@@ -116,29 +129,17 @@ def test_a_running_child_added_while_the_timer_is_armed_wakes_nobody(
     wakes: list[None], running: ProcessRef
 ) -> None:
     """The timer finds it (and its exit's SIGCHLD wakes the thread): no wakeup per spawn."""
-    loop, clock = _Loop(), _Clock()
-    monitor = SweepMonitor(loop, clock.now, clock=clock)  # type: ignore[arg-type]
-    first = _watch()
-    monitor.add(first)  # the thread sleeps unarmed: this one wakes it
-    assert len(wakes) == 1
-    monitor.timeout(clock.now)  # the thread, woken, arms the timer
-    monitor.remove(first)  # settled: the set is empty again
-    monitor.timeout(clock.now + SAFETY_SWEEP_INTERVAL / 2)  # still armed: it left lately
+    monitor = _emptied_and_asked(later=SAFETY_SWEEP_INTERVAL / 2)  # still armed: it left lately
+    wakes.clear()
     monitor.add(_watch(running))
-    assert len(wakes) == 1, "a running child woke the reaping thread with its timer armed"
+    assert not wakes, "a running child woke the reaping thread with its timer armed"
 
 
 def test_a_child_added_while_the_timer_is_unarmed_wakes_the_thread(
     wakes: list[None], running: ProcessRef
 ) -> None:
     """Long after the last swept child, the thread sleeps with no timer: wake it to arm one."""
-    loop, clock = _Loop(), _Clock()
-    monitor = SweepMonitor(loop, clock.now, clock=clock)  # type: ignore[arg-type]
-    first = _watch()
-    monitor.add(first)
-    monitor.timeout(clock.now)
-    monitor.remove(first)
-    monitor.timeout(clock.now + 2 * SAFETY_SWEEP_INTERVAL)  # the thread now sleeps unarmed
+    monitor = _emptied_and_asked(later=2 * SAFETY_SWEEP_INTERVAL)  # now it sleeps unarmed
     wakes.clear()
     monitor.add(_watch(running))
     assert len(wakes) == 1, "nothing would find this child's exit without the handler"
