@@ -10,6 +10,11 @@ not::
 
     python benchmarks/ab_throughput.py /path/to/old/venv/bin/python .venv/bin/python
 
+Wall time on a shared 2-core machine moves by several points from run to run. ``--cpu`` also
+prints the process CPU (user + system) that each child costs beyond what bare ``Popen`` +
+``wait`` costs in the same run, and how much of it the reaping thread spent (Linux): steadier
+figures for a difference of a few percent.
+
 The full suite (``benchmarks/run.py``) measures one installation; this answers "did a change
 make reaping slower?" (docs/performance.md quotes its figures).
 """
@@ -21,38 +26,64 @@ import statistics
 import subprocess
 import sys
 
-#: Run in each interpreter: warm up, then Popen, zombiereaper, Popen; prints the ratio.
+#: Run in each interpreter: warm up, then Popen, zombiereaper, Popen; prints the ratio, then
+#: the process CPU per child (us) of Popen and of zombiereaper, and the reaping thread's share
+#: of the latter (-1 where it cannot be read).
 _MEASURE = """
-import collections, subprocess, sys, time
+import collections, resource, subprocess, sys, threading, time
 from zombiereaper import Reaper
 
 backend, n = sys.argv[1], int(sys.argv[2])
+cpu = {}
 
 
-def run(start, wait):
+def process_cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def thread_cpu(name):
+    for thread in threading.enumerate():
+        if thread.name == name:
+            try:
+                with open(f"/proc/self/task/{thread.native_id}/schedstat") as stat:
+                    return int(stat.read().split()[0]) / 1e9
+            except OSError:
+                break
+    return None
+
+
+def run(start, wait, key):
     pending = collections.deque()
-    began = time.perf_counter()
+    reaping = thread_cpu("zombiereaper")
+    cpu_before, began = process_cpu(), time.perf_counter()
     for _ in range(n):
         if len(pending) >= 100:
             wait(pending.popleft())
         pending.append(start())
     for item in pending:
         wait(item)
-    return time.perf_counter() - began
+    took = time.perf_counter() - began
+    cpu.setdefault(key, []).append((process_cpu() - cpu_before) / n * 1e6)
+    if reaping is not None:
+        cpu["reaping"] = (thread_cpu("zombiereaper") - reaping) / n * 1e6
+    return took
 
 
 def popen():
-    return run(lambda: subprocess.Popen(["/bin/true"]), lambda p: p.wait())
+    return run(lambda: subprocess.Popen(["/bin/true"]), lambda p: p.wait(), "popen")
 
 
 def reaper():
     with Reaper(backend=backend) as r:
-        return run(lambda: r.spawn(["/bin/true"]), lambda c: c.wait())
+        return run(lambda: r.spawn(["/bin/true"]), lambda c: c.wait(), "ours")
 
 
 reaper()
+cpu.clear()
 before, ours, after = popen(), reaper(), popen()
 print((before + after) / 2 / ours)
+print(sum(cpu["popen"]) / 2, cpu["ours"][0], cpu.get("reaping", -1))
 """
 
 
@@ -63,9 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=["pidfd", "sigchld"], default="pidfd")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--children", type=int, default=1500)
+    parser.add_argument(
+        "--cpu", action="store_true", help="also print the CPU per child beyond Popen's"
+    )
     args = parser.parse_args(argv)
     count = len(args.pythons)
     ratios: list[list[float]] = [[] for _ in args.pythons]  # by position: one may repeat
+    #: Per round: (CPU per child beyond Popen's, the reaping thread's part), in us.
+    cpus: list[list[tuple[float, float]]] = [[] for _ in args.pythons]
     for number in range(args.rounds):
         for index in [(number + step) % count for step in range(count)]:
             python = args.pythons[index]
@@ -77,11 +113,19 @@ def main(argv: list[str] | None = None) -> int:
                 cwd="/",  # import the interpreter's own zombiereaper, not a checkout's
                 timeout=600,
             ).stdout
-            ratios[index].append(float(out))
+            ratio, cpu = out.splitlines()
+            ratios[index].append(float(ratio))
+            popen_us, ours_us, reaping_us = (float(word) for word in cpu.split())
+            cpus[index].append((ours_us - popen_us, reaping_us))
         print(f"round {number + 1}/{args.rounds} done", file=sys.stderr)
-    for python, values in zip(args.pythons, ratios, strict=True):
+    for python, values, costs in zip(args.pythons, ratios, cpus, strict=True):
         spread = " ".join(f"{value:.2f}" for value in values)
         print(f"{statistics.median(values):.2f}x  {python}  ({args.backend}; rounds: {spread})")
+        if args.cpu:
+            beyond = statistics.median(cost for cost, _ in costs)
+            reaping = statistics.median(part for _, part in costs)
+            thread = f", {reaping:.0f} us of it on the reaping thread" if reaping >= 0 else ""
+            print(f"      CPU per child beyond Popen's: {beyond:.0f} us{thread}")
     return 0
 
 

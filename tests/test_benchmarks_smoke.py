@@ -154,3 +154,24 @@ def test_the_ab_comparison_runs_each_interpreter_in_turns() -> None:
         ratio, python, rest = line.split(maxsplit=2)
         assert ratio.endswith("x") and float(ratio[:-1]) > 0
         assert python == sys.executable and rest.startswith("(sigchld; rounds: ")
+
+
+@pytest.mark.timeout(150)
+def test_the_ab_comparison_counts_cpu_when_asked() -> None:
+    """With --cpu, each interpreter's line is followed by its CPU per child beyond Popen's."""
+    options = ["--rounds", "1", "--children", "30", "--backend", "sigchld", "--cpu"]
+    done = subprocess.run(
+        [sys.executable, str(AB), sys.executable, *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    ratio_line, cpu_line = done.stdout.splitlines()
+    assert ratio_line.split()[1] == sys.executable
+    words = cpu_line.split()
+    assert words[:5] == ["CPU", "per", "child", "beyond", "Popen's:"], cpu_line
+    float(words[5])  # a number of us (may be negative: CPU is noisy over 30 children)
+    if sys.platform == "linux":
+        assert cpu_line.endswith("us of it on the reaping thread"), cpu_line
