@@ -118,7 +118,7 @@ def read_proc_file(path: str, size: int = _STAT_SIZE) -> bytes:
     try:
         return os.read(fd, size)
     finally:
-        _close_if_proc_file(fd)
+        close_if_ours(fd, _is_proc_file)
 
 
 def open_above_stdio(open_once: Callable[[], int], is_ours: Callable[[int], bool]) -> int:
@@ -167,17 +167,26 @@ def copy_above_stdio(fd: int) -> int | None:
         return None
 
 
-def _close_if_proc_file(fd: int) -> None:
-    # A number below 3 (no room for a copy) may have been taken over by the program meanwhile.
-    if fd > 2 or _is_proc_file(fd):
+def close_if_ours(fd: int, is_ours: Callable[[int], bool]) -> None:
+    """Close what :func:`open_above_stdio` returned, unless the program has taken it over.
+
+    Only a number below 3 (there was no room for a copy) can have been: it is closed only
+    while ``is_ours`` still says it is what we opened.
+    """
+    if fd > 2 or is_ours(fd):
         os.close(fd)
 
 
-def _is_proc_file(fd: int) -> bool:
+def on_device(fd: int, device: int | None) -> bool:
+    """Whether ``fd`` is open on a file of ``device`` (an ``is_ours`` for the two above)."""
     try:
-        return os.fstat(fd).st_dev == _proc_device()
+        return os.fstat(fd).st_dev == device
     except OSError:
         return False
+
+
+def _is_proc_file(fd: int) -> bool:
+    return on_device(fd, _proc_device())
 
 
 @functools.cache

@@ -370,16 +370,12 @@ def _with_pidfd(pid: int, use: Callable[[int], T]) -> T:
         try:
             return use(fd)
         finally:
-            if fd > 2 or _is_pidfd(fd):  # a low number may be the program's stream by now
-                os.close(fd)
+            _linux.close_if_ours(fd, _is_pidfd)
 
 
 def _is_pidfd(fd: int) -> bool:
     """Whether ``fd`` is a pidfd (the program's streams never are)."""
-    try:
-        return os.fstat(fd).st_dev == _pidfd_device()
-    except OSError:
-        return False
+    return _linux.on_device(fd, _pidfd_device())
 
 
 def _pidfd_device() -> int | None:
