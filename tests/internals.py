@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from zombiereaper import Child, _engine, _process, _sighandler
+from zombiereaper._backends import sigchld
 from zombiereaper._backends.pidfd import PidfdMonitor
 from zombiereaper._child import on_settled
 from zombiereaper._watch import Watch
@@ -74,6 +75,29 @@ def identify_by_start_time() -> None:
     For good: only for a process that is thrown away after (a PID-namespace case).
     """
     setattr(_process, "can_identify_by_inode", lambda: False)  # noqa: B010
+
+
+def limit_swept_pidfds(limit: int, monkeypatch: pytest.MonkeyPatch | None = None) -> None:
+    """Let at most ``limit`` children of the sigchld backend hold a pidfd at once.
+
+    0: every one is named by pid and identity, as where pidfds do not work. Without
+    ``monkeypatch``, for good (a process thrown away after, as a PID-namespace case).
+    """
+    if monkeypatch is None:
+        sigchld._quota.limit = limit
+    else:
+        monkeypatch.setattr(sigchld._quota, "limit", limit)
+
+
+def swept_pidfds_held() -> int:
+    """How many pidfds children of the sigchld backend hold now."""
+    return sigchld._quota.held
+
+
+def holds_swept_pidfd(child: Child) -> bool:
+    """Whether ``child`` is watched by the sweeps through a pidfd it holds."""
+    notice = watch_of(child).notice
+    return isinstance(notice, sigchld.SweptRef) and notice.fileno is not None
 
 
 def lower_relay_thresholds(monkeypatch: pytest.MonkeyPatch, above: int, keep: int) -> None:

@@ -60,10 +60,12 @@ def lent_count() -> int:
 
 # --- inside the namespace ---------------------------------------------------------------------
 
-#: How a case watches its children: a backend, or pidfd with every pidfd lent to the relay;
-#: "sigchld-start": sigchld naming each child by pid and start time even where the inode
-#: number of a pidfd (pidfs, Linux 6.9+) would do, so that both identities are tried.
-Mode = Literal["pidfd", "pidfd-lent", "sigchld", "sigchld-start"]
+#: How a case watches its children: a backend, or pidfd with every pidfd lent to the relay.
+#: "sigchld" children hold a pidfd (a few at a time may, see SWEPT_PIDFD_LIMIT);
+#: "sigchld-inode" names each by pid and the inode number of a pidfd (pidfs, Linux 6.9+; the
+#: start time before), as the backend does past its limit; "sigchld-start" by pid and start
+#: time even where the inode number would do, so that every identity is tried.
+Mode = Literal["pidfd", "pidfd-lent", "sigchld", "sigchld-inode", "sigchld-start"]
 
 #: Who reads A's exit in race 6. "poll": A's own poll(), with the reaping thread still held,
 #: and B is spawned by the Reaper too (left to the sweep, A and B would be read in no set
@@ -164,6 +166,8 @@ def reaper_for(mode: Mode, on_exit: Callable[[ExitStatus], object]) -> Reaper:
     """A Reaper watching as ``mode`` says (not installed yet)."""
     if mode == "pidfd-lent":
         lower_relay_thresholds(above=0, keep=0)
+    if mode in {"sigchld-inode", "sigchld-start"}:
+        internals.limit_swept_pidfds(0)
     if mode == "sigchld-start":
         internals.identify_by_start_time()
     return Reaper(backend="pidfd" if mode.startswith("pidfd") else "sigchld", on_exit=on_exit)
@@ -305,7 +309,7 @@ PIDFD = pytest.param("pidfd", marks=NEEDS_PIDFD)
 PIDFD_LENT = pytest.param("pidfd-lent", marks=NEEDS_PIDFD)
 
 
-@pytest.mark.parametrize("mode", [PIDFD, "sigchld", "sigchld-start"])
+@pytest.mark.parametrize("mode", [PIDFD, "sigchld", "sigchld-inode", "sigchld-start"])
 def test_group_signal_after_the_owners_wait_spares_the_group_given_its_pgid(mode: Mode) -> None:
     """send_signal(group=True) after popen.wait() reaped the child never reaches the new group."""
     seen = call_as_pid1(case_group_signal_after_own_wait, mode)
@@ -320,6 +324,7 @@ def test_group_signal_after_the_owners_wait_spares_the_group_given_its_pgid(mode
         pytest.param("pidfd", marks=NEEDS_PIDFD, id="pidfd-guard"),
         PIDFD_LENT,
         "sigchld",
+        "sigchld-inode",
         "sigchld-start",
     ],
 )
@@ -338,6 +343,8 @@ def test_terminate_after_join_spares_our_next_child_given_its_pid(mode: Mode) ->
     [
         ("sigchld", "poll"),
         ("sigchld", "sweep"),
+        ("sigchld-inode", "poll"),
+        ("sigchld-inode", "sweep"),
         ("sigchld-start", "poll"),
         ("sigchld-start", "sweep"),
         pytest.param("pidfd-lent", "poll", marks=NEEDS_PIDFD),

@@ -11,6 +11,7 @@ These drive one SweepMonitor directly, with a stand-in loop and clock: no timing
 from __future__ import annotations
 
 import subprocess
+import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -51,7 +52,9 @@ class _Watch(SimpleNamespace):
 
 
 def _watch(notice: object = None) -> Any:
-    return _Watch(pid=0, notice=notice, monitor=None, slot=None)
+    return _Watch(
+        pid=0, notice=notice, monitor=None, slot=None, lock=threading.Lock(), watching=True
+    )
 
 
 @pytest.fixture
@@ -143,3 +146,41 @@ def test_a_child_added_while_the_timer_is_unarmed_wakes_the_thread(
     wakes.clear()
     monitor.add(_watch(running))
     assert len(wakes) == 1, "nothing would find this child's exit without the handler"
+
+
+class _LockWatchingRef(ProcessRef):
+    """A running child's ref that notes, at each read, whether its watch's lock was held."""
+
+    __slots__ = ("locked_at_read", "watch")
+
+    def __init__(self) -> None:
+        super().__init__(0, None, None)
+        self.locked_at_read: list[bool] = []
+        self.watch: Any = _watch(self)
+
+    def peek(self, *, exact: bool = True) -> int | None:
+        self.locked_at_read.append(self.watch.lock.locked())
+        return None
+
+
+def _lock_watching_watch() -> Any:
+    return _LockWatchingRef().watch
+
+
+def test_a_new_child_is_read_under_its_lock() -> None:
+    """Once swept, the reaping thread may settle it and close its pidfd: reads take the lock."""
+    monitor = _emptied_and_asked(later=SAFETY_SWEEP_INTERVAL / 2)  # armed: add() reads it
+    watch = _lock_watching_watch()
+    monitor.add(watch)
+    assert watch.notice.locked_at_read == [True], "add() read the child without its lock"
+
+
+def test_a_new_child_being_settled_meanwhile_is_not_read_but_swept(wakes: list[None]) -> None:
+    """Its lock busy (another thread settles it), add() does not wait or read: it wakes a sweep."""
+    monitor = _emptied_and_asked(later=SAFETY_SWEEP_INTERVAL / 2)
+    watch = _lock_watching_watch()
+    wakes.clear()
+    with watch.lock:
+        monitor.add(watch)
+    assert watch.notice.locked_at_read == [], "add() read a child that was being settled"
+    assert len(wakes) == 1, "a child that may have exited woke no sweep"

@@ -52,7 +52,7 @@ import struct
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Final, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Final, NamedTuple, Self, TypeVar
 
 from . import _fds, _linux
 from ._status import RUSAGE_LAYOUT, pack_rusage, wait_status_from_waitid
@@ -637,7 +637,7 @@ class ProcessRef:
         self._lent = False
 
     @classmethod
-    def open(cls, pid: int, *, pidfd: bool) -> ProcessRef:
+    def open(cls, pid: int, *, pidfd: bool) -> Self:
         """Name the unreaped child ``pid``: by a pidfd if ``pidfd``, else by pid and identity.
 
         The caller makes sure that ``pid`` still names the child it means (it has just

@@ -26,7 +26,8 @@ from .._errors import BackendUnavailableError
 from .._process import OUT_OF_DESCRIPTORS, ProcessRef
 from .pidfd import PidfdMonitor
 from .sentinel import Sentinel, SentinelMonitor
-from .sigchld import SweepMonitor
+from .sigchld import SweepMonitor, SweptRef
+from .sigchld import open_ref as open_swept_ref
 
 if TYPE_CHECKING:
     from .._watch import Watch
@@ -88,7 +89,7 @@ def resolve_backend(name: str | None) -> BackendName:
 
 
 def open_ref(pid: int, backend: BackendName) -> ProcessRef:
-    """Name the unreaped child ``pid`` for ``backend`` (by pid and start time when out of fds).
+    """Name the unreaped child ``pid`` for ``backend`` (by pid and identity when out of fds).
 
     Raises:
         ChildProcessError: ``pid`` is not an unreaped child of this process.
@@ -105,7 +106,8 @@ def open_ref(pid: int, backend: BackendName) -> ProcessRef:
                 pid,
                 errno.errorcode.get(err.errno or 0, err.errno),
             )
-    return ProcessRef.open(pid, pidfd=False)
+        return ProcessRef.open(pid, pidfd=False)
+    return open_swept_ref(pid)
 
 
 class Monitors:
@@ -121,7 +123,7 @@ class Monitors:
         """Start noticing ``watch``'s exit, by the kind of notice it holds."""
         notice = watch.notice
         fd = None if notice is None else notice.fileno
-        if fd is None or not self._has_poller:
+        if fd is None or not self._has_poller or isinstance(notice, SweptRef):
             self.sweep.add(watch)
         elif isinstance(notice, ProcessRef):
             self.pidfd.add(watch, fd)

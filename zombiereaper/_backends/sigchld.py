@@ -2,19 +2,26 @@
 
 Serves macOS, kernels without pidfd, children whose pidfd could not be opened (EMFILE), and
 children whose pidfd the relay held when it died. It never calls waitpid(-1): each child is
-checked on its own through its ProcessRef (pid and start time), so a sweep costs O(n) in the
-number of children watched this way (dotnet/corefx #26291 shows why that matters), and a
-stolen status is never mistaken for another child's that took the pid (issue 11, race 6).
+checked on its own through its ProcessRef, so a sweep costs O(n) in the number of children
+watched this way (dotnet/corefx #26291 shows why that matters), and a stolen status is never
+mistaken for another child's that took the pid (issue 11, race 6).
+
+Where pidfds work, up to SWEPT_PIDFD_LIMIT of this backend's children at a time hold one
+(:func:`open_ref`): checking and reaping through it needs no identity check, which by pid
+costs a pidfd opened, compared and closed per registration and per reap. The rest are named
+by pid and identity (pidfs inode number or start time), so the backend's descriptors stay
+bounded however many children it watches.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Final
 
-from .. import _sighandler
-from .._process import ProcessRef, can_peek
+from .. import _fds, _process, _sighandler
+from .._process import OUT_OF_DESCRIPTORS, ProcessRef, can_peek
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -31,16 +38,117 @@ SAFETY_SWEEP_INTERVAL: Final = 0.1
 #: cannot spin a core (go-reap PR #1); a sweep that finds an exit resets it.
 _FIRST_QUIET_PERIOD: Final = 0.001
 
+#: How many children watched by sweeps may hold a pidfd at once (see open_ref).
+SWEPT_PIDFD_LIMIT: Final = 64
+
+
+class _PidfdQuota:
+    """Counts the pidfds that swept children hold, up to a limit; per process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._held = 0
+
+    def take(self) -> bool:
+        """Count one more pidfd if the limit allows it."""
+        with self._lock:
+            if self._held >= self.limit:
+                return False
+            self._held += 1
+            return True
+
+    def give_back(self, generation: int) -> None:
+        """One pidfd taken in fork generation ``generation`` is closed."""
+        with self._lock:
+            if generation == _fds.generation():  # else counted by the parent process
+                self._held -= 1
+
+    @property
+    def held(self) -> int:
+        """How many are held now."""
+        return self._held
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: its descriptors are closed, and the lock may have been held."""
+        self._lock = threading.Lock()
+        self._held = 0
+
+
+_quota = _PidfdQuota(SWEPT_PIDFD_LIMIT)
+os.register_at_fork(after_in_child=_quota.reset_after_fork)
+
+
+class SweptRef(ProcessRef):
+    """A child named by a pidfd that the sweeps check, not the poller (see :func:`open_ref`)."""
+
+    __slots__ = ("_counted", "_generation")
+
+    def __init__(self, pid: int, fd: int | None, start: int | None, **kwargs: int | None) -> None:
+        super().__init__(pid, fd, start, **kwargs)
+        self._generation = _fds.generation()
+        #: Its pidfd counts toward SWEPT_PIDFD_LIMIT (set by open_ref once it is open).
+        self._counted = False
+
+    def close(self) -> None:
+        """Close the pidfd, and let another swept child hold one."""
+        counted, self._counted = self._counted, False
+        super().close()
+        if counted:
+            _quota.give_back(self._generation)
+
+    def recover(self) -> None:
+        """None: with this backend a status that another waiter took is reported lost.
+
+        Its pidfd could give the status back (Linux 6.15+), but only some of the backend's
+        children hold one, and the answer must not depend on which.
+        """
+
+
+def open_ref(pid: int) -> ProcessRef:
+    """Name the unreaped child ``pid`` for the sweeps.
+
+    With a pidfd while fewer than SWEPT_PIDFD_LIMIT swept children hold one (where pidfds
+    work and one can be had); otherwise by pid and identity (see ProcessRef.open).
+
+    Raises:
+        ChildProcessError: ``pid`` is not an unreaped child of this process.
+    """
+    # Asked through the module, so that one patch of the probe turns pidfds off everywhere.
+    if _process.can_use_pidfd() and _quota.take():
+        try:
+            ref = SweptRef.open(pid, pidfd=True)
+        except OSError as err:
+            _quota.give_back(_fds.generation())
+            if isinstance(err, ChildProcessError) or err.errno not in OUT_OF_DESCRIPTORS:
+                raise
+        except BaseException:
+            _quota.give_back(_fds.generation())
+            raise
+        else:
+            ref._counted = True
+            return ref
+    return ProcessRef.open(pid, pidfd=False)
+
 
 def _still_running(watch: Watch) -> bool:
-    """Whether ``watch``'s child is seen running now (False: exited, gone, or can't tell)."""
-    notice = watch.notice
-    if not isinstance(notice, ProcessRef) or not can_peek():
+    """Whether ``watch``'s child is seen running now (False: exited, gone, or can't tell).
+
+    Read under the watch's lock, as every read of a child is: once the watch is swept, the
+    reaping thread may settle it and close its pidfd at any moment. If the lock is busy
+    (being settled, or demoted by this very thread) the answer is "can't tell".
+    """
+    if not can_peek() or not watch.lock.acquire(blocking=False):
         return False
     try:
+        notice = watch.notice
+        if not watch.watching or not isinstance(notice, ProcessRef):
+            return False
         return notice.peek(exact=False) is None
     except OSError:  # ProcessGone (reaped), or anything unexpected: let a sweep look
         return False
+    finally:
+        watch.lock.release()
 
 
 class SweepSchedule:
