@@ -5,11 +5,13 @@ from __future__ import annotations
 import signal
 import threading
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from zombiereaper import ExitStatus, Reaper
 
-from .helpers import sh, zombie_children
+from . import internals
+from .helpers import HAS_PIDFD, sh, zombie_children
 from .strategies import children_plans
 
 STRESS = settings(
@@ -39,6 +41,18 @@ def test_every_child_of_a_burst_is_reaped_with_its_exact_status(
 ) -> None:
     """Up to 100 children with random codes, signals and lifetimes all get exact statuses."""
     run_burst(backend, plan)
+
+
+@STRESS
+@given(plan=children_plans)
+@pytest.mark.skipif(not HAS_PIDFD, reason="sigchld children hold no pidfd here")
+def test_a_sigchld_burst_past_its_pidfd_limit_is_reaped_exactly(
+    monkeypatch: pytest.MonkeyPatch, plan: list[tuple[tuple[str, int], float, bool]]
+) -> None:
+    """The same, with the first few children named by a pidfd and the rest by pid and identity."""
+    internals.limit_swept_pidfds(8, monkeypatch)
+    run_burst("sigchld", plan)
+    assert internals.swept_pidfds_held() == 0
 
 
 def run_burst(backend: str, plan: list[tuple[tuple[str, int], float, bool]]) -> None:

@@ -2,8 +2,8 @@
 
 - pidfd (zombiereaper._backends.pidfd): the child's pidfd in the engine's poller; past a few
   hundred, the oldest are lent to the relay.
-- sigchld (zombiereaper._backends.sigchld): children with no descriptor are checked on every
-  SIGCHLD wakeup and on a safety timer.
+- sigchld (zombiereaper._backends.sigchld): children are checked on every SIGCHLD wakeup and
+  on a safety timer, through a pidfd for a bounded few, else by pid and identity.
 - sentinel (zombiereaper._backends.sentinel): a process that is not our child (a forkserver
   worker) through the sentinel descriptor its owner holds.
 
