@@ -7,6 +7,7 @@ import multiprocessing.process
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -181,6 +182,23 @@ def read_fork_report(read_end: int, pid: int) -> bytes:
     _, raw = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(raw) == 0
     return b"".join(chunks)
+
+
+def check_in_fork(check: Callable[[], object]) -> str:
+    """Run ``check`` in an os.fork()ed child: "ok", or the traceback of what it raised."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked child, reports through the pipe
+        report = "ok"
+        try:
+            os.close(read_end)
+            check()
+        except BaseException:
+            report = traceback.format_exc()
+        os.write(write_end, report.encode())
+        os._exit(0)
+    os.close(write_end)
+    return read_fork_report(read_end, pid).decode()
 
 
 def pid_alive(pid: int) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import traceback
 
 import pytest
 
@@ -24,9 +23,9 @@ from . import internals
 from .helpers import (
     FORK_IN_THREADED_PROCESS,
     HAS_PIDFD,
+    check_in_fork,
     eventually,
     pidfds_open,
-    read_fork_report,
     sh,
 )
 
@@ -113,26 +112,18 @@ def _next_holds_a_pidfd(reaper: Reaper) -> bool:
 @pytest.mark.filterwarnings(FORK_IN_THREADED_PROCESS)
 def test_a_forked_child_holds_none_and_counts_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
     internals.limit_swept_pidfds(1, monkeypatch)
-    read_end, write_end = os.pipe()
+
+    def in_the_fork() -> None:
+        assert pidfds_open() == 0, "the forked child kept the parent's pidfd"
+        assert internals.swept_pidfds_held() == 0, "it counts the parent's pidfd"
+        with Reaper(backend="sigchld") as own:
+            assert _next_holds_a_pidfd(own), "the fork's first child has none"
+
     with Reaper(backend="sigchld") as reaper:
         held = _waiting(reaper)
         try:
             assert internals.holds_swept_pidfd(held)
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - runs in the forked child, reports through the pipe
-                report = "ok"
-                try:
-                    os.close(read_end)
-                    assert pidfds_open() == 0, "the forked child kept the parent's pidfd"
-                    assert internals.swept_pidfds_held() == 0, "it counts the parent's pidfd"
-                    with Reaper(backend="sigchld") as own:
-                        assert _next_holds_a_pidfd(own), "the fork's first child has none"
-                except BaseException:
-                    report = traceback.format_exc()
-                os.write(write_end, report.encode())
-                os._exit(0)
-            os.close(write_end)
-            assert read_fork_report(read_end, pid).decode() == "ok"
+            assert check_in_fork(in_the_fork) == "ok"
             assert internals.swept_pidfds_held() == 1, "the fork changed the parent's count"
         finally:
             _end(held)

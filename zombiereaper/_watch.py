@@ -82,7 +82,7 @@ class Notice(Protocol):
 
     @property
     def fileno(self) -> int | None:
-        """A descriptor readable once the process has ended, or None when it must be swept."""
+        """A descriptor readable once the process has ended; None: there is none to poll."""
         ...
 
     def close(self) -> None:

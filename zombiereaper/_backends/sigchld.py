@@ -208,7 +208,7 @@ class SweepSchedule:
 
 
 class SweepMonitor:
-    """Watches the children that have no descriptor to wait on: each is checked every sweep.
+    """Watches the children that are not polled: each is checked on every sweep.
 
     The reaping thread arms the timer while anything is watched, and for one
     SAFETY_SWEEP_INTERVAL after the last watch left: a program that spawns one short-lived
