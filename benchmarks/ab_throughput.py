@@ -15,6 +15,10 @@ prints the process CPU (user + system) that each child costs beyond what bare ``
 ``wait`` costs in the same run, and how much of it the reaping thread spent (Linux): steadier
 figures for a difference of a few percent.
 
+``--latency`` also times, each round and in turns, how long ``on_exit`` takes to run after an
+idle child is sent SIGKILL (``--kills`` children, one at a time), and prints the medians of
+the rounds' p50 and p90, as the latency benchmark of ``benchmarks/run.py`` measures it.
+
 The full suite (``benchmarks/run.py``) measures one installation; this answers "did a change
 make reaping slower?" (docs/performance.md quotes its figures).
 """
@@ -87,6 +91,53 @@ print(sum(cpu["popen"]) / 2, cpu["ours"][0], cpu.get("reaping", -1))
 """
 
 
+#: Run in each interpreter with --latency: kill idle children one at a time, time each
+#: on_exit; prints the p50 and the p90 in us.
+_LATENCY = """
+import os, random, signal, subprocess, sys, threading, time
+from zombiereaper import Reaper
+
+backend, kills = sys.argv[1], int(sys.argv[2])
+stamps = {}
+arrived = threading.Condition()
+
+
+def on_exit(status):
+    now = time.perf_counter_ns()
+    with arrived:
+        stamps[status.pid] = now
+        arrived.notify_all()
+
+
+samples = []
+with Reaper(backend=backend, on_exit=on_exit) as reaper:
+    for _ in range(kills):
+        child = reaper.spawn(["sleep", "600"], stdin=subprocess.DEVNULL)
+        time.sleep(random.uniform(0.005, 0.010))  # idle, as in benchmarks/run.py's
+        sent = time.perf_counter_ns()
+        os.kill(child.pid, signal.SIGKILL)
+        with arrived:
+            if not arrived.wait_for(lambda: child.pid in stamps, 10):
+                sys.exit(f"no on_exit for pid {child.pid} within 10 s")
+        samples.append((stamps.pop(child.pid) - sent) / 1e3)
+        child.wait(10)
+samples.sort()
+print(samples[len(samples) // 2], samples[int(len(samples) * 0.9)])
+"""
+
+
+def _run_in(python: str, script: str, *args: str) -> str:
+    """``script``'s output, run by ``python`` on its own zombiereaper."""
+    return subprocess.run(
+        [python, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",  # import the interpreter's own zombiereaper, not a checkout's
+        timeout=600,
+    ).stdout
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the rounds and print each installation's median ratio to Popen + wait."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -97,28 +148,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cpu", action="store_true", help="also print the CPU per child beyond Popen's"
     )
+    parser.add_argument(
+        "--latency", action="store_true", help="also time SIGKILL -> on_exit, each round"
+    )
+    parser.add_argument("--kills", type=int, default=100, help="children killed per latency run")
     args = parser.parse_args(argv)
     count = len(args.pythons)
     ratios: list[list[float]] = [[] for _ in args.pythons]  # by position: one may repeat
     #: Per round: (CPU per child beyond Popen's, the reaping thread's part), in us.
     cpus: list[list[tuple[float, float]]] = [[] for _ in args.pythons]
+    #: Per round: (p50, p90) of SIGKILL -> on_exit, in us.
+    latencies: list[list[tuple[float, float]]] = [[] for _ in args.pythons]
     for number in range(args.rounds):
         for index in [(number + step) % count for step in range(count)]:
             python = args.pythons[index]
-            out = subprocess.run(
-                [python, "-c", _MEASURE, args.backend, str(args.children)],
-                capture_output=True,
-                text=True,
-                check=True,
-                cwd="/",  # import the interpreter's own zombiereaper, not a checkout's
-                timeout=600,
-            ).stdout
+            out = _run_in(python, _MEASURE, args.backend, str(args.children))
             ratio, cpu = out.splitlines()
             ratios[index].append(float(ratio))
             popen_us, ours_us, reaping_us = (float(word) for word in cpu.split())
             cpus[index].append((ours_us - popen_us, reaping_us))
+            if args.latency:
+                p50, p90 = _run_in(python, _LATENCY, args.backend, str(args.kills)).split()
+                latencies[index].append((float(p50), float(p90)))
         print(f"round {number + 1}/{args.rounds} done", file=sys.stderr)
-    for python, values, costs in zip(args.pythons, ratios, cpus, strict=True):
+    for python, values, costs, waits in zip(args.pythons, ratios, cpus, latencies, strict=True):
         spread = " ".join(f"{value:.2f}" for value in values)
         print(f"{statistics.median(values):.2f}x  {python}  ({args.backend}; rounds: {spread})")
         if args.cpu:
@@ -126,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             reaping = statistics.median(part for _, part in costs)
             thread = f", {reaping:.0f} us of it on the reaping thread" if reaping >= 0 else ""
             print(f"      CPU per child beyond Popen's: {beyond:.0f} us{thread}")
+        if args.latency:
+            p50 = statistics.median(low for low, _ in waits)
+            p90 = statistics.median(high for _, high in waits)
+            print(f"      SIGKILL -> on_exit: p50 {p50:.0f} us, p90 {p90:.0f} us")
     return 0
 
 

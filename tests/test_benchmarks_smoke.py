@@ -175,3 +175,23 @@ def test_the_ab_comparison_counts_cpu_when_asked() -> None:
     float(words[5])  # a number of us (may be negative: CPU is noisy over 30 children)
     if sys.platform == "linux":
         assert cpu_line.endswith("us of it on the reaping thread"), cpu_line
+
+
+@pytest.mark.timeout(150)
+def test_the_ab_comparison_times_the_latency_when_asked() -> None:
+    """With --latency, each interpreter's line is followed by its p50 and p90 to on_exit."""
+    options = ["--rounds", "1", "--children", "30", "--backend", "sigchld", "--latency"]
+    done = subprocess.run(
+        [sys.executable, str(AB), sys.executable, *options, "--kills", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    ratio_line, latency_line = done.stdout.splitlines()
+    assert ratio_line.split()[1] == sys.executable
+    words = latency_line.split()
+    assert words[:4] == ["SIGKILL", "->", "on_exit:", "p50"], latency_line
+    p50, p90 = float(words[4]), float(words[7])
+    assert 0 < p50 <= p90, latency_line
