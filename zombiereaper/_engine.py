@@ -181,7 +181,18 @@ class Engine:
                 # never blocking the reaping thread nor spinning it.
                 self.monitors.demote(watch)
                 return False
-            self._conclude(watch, outcome)
+            if threading.current_thread() is not self._thread:
+                self._conclude(watch, outcome)
+                return True
+            announce, callbacks = self._record_and_wake(watch, outcome)
+        # The reaping thread calls back at once, outside the lock (user code must not hold
+        # it), and forgets the watch after: nobody else touches a settled watch's notice,
+        # and its pidfd, readable, is only ever polled by this thread.
+        try:
+            self._announce(watch, announce, callbacks)
+        finally:
+            with watch.lock:
+                self._forget(watch)
         return True
 
     def send_signal(self, watch: Watch, sig: int, *, group: bool = False) -> bool:
@@ -234,7 +245,7 @@ class Engine:
     def _conclude(self, watch: Watch, outcome: ExitStatus | None) -> None:
         """Settle ``watch`` with ``outcome`` (its lock held): record, wake, call back, forget.
 
-        The order is the protocol, written once:
+        The order is the protocol:
 
         1. record: the sink stores the outcome (the Reaper's registry, its live set) while
            the Watch says "settling", so a waiter woken next already finds the record;
@@ -245,16 +256,35 @@ class Engine:
         4. forget: the backend stops watching, the pidfd is closed, and only now the pid
            leaves the owned set, so the all-scope sweep cannot take it for nobody's child
            while it is being recorded.
+
+        On the reaping thread, :meth:`settle` runs steps 3 and 4 itself, after the lock.
+        """
+        announce, callbacks = self._record_and_wake(watch, outcome)
+        self._tell_later(watch, announce, callbacks)
+        self._forget(watch)
+
+    def _record_and_wake(
+        self, watch: Watch, outcome: ExitStatus | None
+    ) -> tuple[bool, list[Callable[[], object]]]:
+        """Steps 1 and 2 of :meth:`_conclude`; return whether to announce, and the callbacks.
+
+        If recording fails, the rest is done as by :meth:`_conclude` (announced anyway: the
+        sink decides then) before the error propagates.
         """
         watch.begin_settling(outcome)
-        announce = True  # if recording fails, announce anyway: the sink decides then
         try:
             announce = watch.sink.record(watch)
-        finally:
-            callbacks = watch.finish_settling()
-            if announce or callbacks:
-                self.call_soon(functools.partial(self._announce, watch, announce, callbacks))
+        except BaseException:
+            self._tell_later(watch, True, watch.finish_settling())
             self._forget(watch)
+            raise
+        return announce, watch.finish_settling()
+
+    def _tell_later(
+        self, watch: Watch, announce: bool, callbacks: list[Callable[[], object]]
+    ) -> None:
+        if announce or callbacks:
+            self.call_soon(functools.partial(self._announce, watch, announce, callbacks))
 
     def _announce(
         self, watch: Watch, announce: bool, callbacks: list[Callable[[], object]]
