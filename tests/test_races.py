@@ -66,6 +66,7 @@ from .helpers import (
     eventually,
     is_zombie_or_gone,
     pid_alive,
+    pidfds_open,
     read_fork_report,
     sh,
 )
@@ -617,6 +618,7 @@ def test_on_exit_raising_a_base_exception_is_logged_and_reaping_goes_on(
             raised.set()
             raise exc_type(marker)
 
+    pidfds_before = pidfds_open()
     reaper = Reaper(backend=backend, on_exit=on_exit, stop_timeout=1)  # type: ignore[arg-type]
     reaper.install()
     children: list[Child] = []
@@ -650,6 +652,13 @@ def test_on_exit_raising_a_base_exception_is_logged_and_reaping_goes_on(
                 lambda: {child.pid for child in later} <= {status.pid for status in heard},
                 timeout=RECORDED_WITHIN,
                 what="on_exit to be called for the later children",
+            )
+            # Forgotten all the same, the one whose on_exit raised too: only the sleeper's
+            # pidfd is left (either backend holds one for it where pidfds work).
+            eventually(
+                lambda: pidfds_open() == pidfds_before + (1 if HAS_PIDFD else 0),
+                timeout=RECORDED_WITHIN,
+                what="the settled children's pidfds to be closed",
             )
         logged = [
             record
