@@ -136,17 +136,22 @@ def test_quick_run_draws_chart_or_says_why_not(
     assert png_path.exists() or "matplotlib is not installed" in done.stderr
 
 
-@pytest.mark.timeout(150)
-def test_the_ab_comparison_runs_each_interpreter_in_turns() -> None:
-    """benchmarks/ab_throughput.py prints one median ratio per interpreter, every round's too."""
-    options = ["--rounds", "2", "--children", "30", "--backend", "sigchld"]
-    done = subprocess.run(
-        [sys.executable, str(AB), sys.executable, sys.executable, *options],
+def _run_ab(*args: str) -> subprocess.CompletedProcess[str]:
+    """benchmarks/ab_throughput.py with ``args``, run to its end."""
+    return subprocess.run(
+        [sys.executable, str(AB), *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+@pytest.mark.timeout(150)
+def test_the_ab_comparison_runs_each_interpreter_in_turns() -> None:
+    """benchmarks/ab_throughput.py prints one median ratio per interpreter, every round's too."""
+    options = ["--rounds", "2", "--children", "30", "--backend", "sigchld"]
+    done = _run_ab(sys.executable, sys.executable, *options)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 2, done.stdout
@@ -160,13 +165,7 @@ def test_the_ab_comparison_runs_each_interpreter_in_turns() -> None:
 def test_the_ab_comparison_counts_cpu_when_asked() -> None:
     """With --cpu, each interpreter's line is followed by its CPU per child beyond Popen's."""
     options = ["--rounds", "1", "--children", "30", "--backend", "sigchld", "--cpu"]
-    done = subprocess.run(
-        [sys.executable, str(AB), sys.executable, *options],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _run_ab(sys.executable, *options)
     assert done.returncode == 0, done.stderr
     ratio_line, cpu_line = done.stdout.splitlines()
     assert ratio_line.split()[1] == sys.executable
@@ -181,13 +180,7 @@ def test_the_ab_comparison_counts_cpu_when_asked() -> None:
 def test_the_ab_comparison_times_the_latency_when_asked() -> None:
     """With --latency, each interpreter's line is followed by its p50 and p90 to on_exit."""
     options = ["--rounds", "1", "--children", "30", "--backend", "sigchld", "--latency"]
-    done = subprocess.run(
-        [sys.executable, str(AB), sys.executable, *options, "--kills", "5"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _run_ab(sys.executable, *options, "--kills", "5")
     assert done.returncode == 0, done.stderr
     ratio_line, latency_line = done.stdout.splitlines()
     assert ratio_line.split()[1] == sys.executable
