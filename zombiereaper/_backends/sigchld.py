@@ -82,20 +82,20 @@ os.register_at_fork(after_in_child=_quota.reset_after_fork)
 class SweptRef(ProcessRef):
     """A child named by a pidfd that the sweeps check, not the poller (see :func:`open_ref`)."""
 
-    __slots__ = ("_counted", "_generation")
+    __slots__ = ("_counted_in",)
 
     def __init__(self, pid: int, fd: int | None, start: int | None, **kwargs: int | None) -> None:
         super().__init__(pid, fd, start, **kwargs)
-        self._generation = _fds.generation()
-        #: Its pidfd counts toward SWEPT_PIDFD_LIMIT (set by open_ref once it is open).
-        self._counted = False
+        #: The fork generation in which its pidfd counts toward SWEPT_PIDFD_LIMIT (set by
+        #: open_ref once it is open); None once given back, or never counted.
+        self._counted_in: int | None = None
 
     def close(self) -> None:
         """Close the pidfd, and let another swept child hold one."""
-        counted, self._counted = self._counted, False
+        counted_in, self._counted_in = self._counted_in, None
         super().close()
-        if counted:
-            _quota.give_back(self._generation)
+        if counted_in is not None:
+            _quota.give_back(counted_in)
 
     def recover(self) -> None:
         """None: with this backend a status that another waiter took is reported lost.
@@ -116,17 +116,15 @@ def open_ref(pid: int) -> ProcessRef:
     """
     # Asked through the module, so that one patch of the probe turns pidfds off everywhere.
     if _process.can_use_pidfd() and _quota.take():
+        generation = _fds.generation()
         try:
             ref = SweptRef.open(pid, pidfd=True)
-        except OSError as err:
-            _quota.give_back(_fds.generation())
-            if isinstance(err, ChildProcessError) or err.errno not in OUT_OF_DESCRIPTORS:
-                raise
-        except BaseException:
-            _quota.give_back(_fds.generation())
-            raise
+        except BaseException as err:
+            _quota.give_back(generation)
+            if not isinstance(err, OSError) or err.errno not in OUT_OF_DESCRIPTORS:
+                raise  # ECHILD (not our child) included
         else:
-            ref._counted = True
+            ref._counted_in = generation
             return ref
     return ProcessRef.open(pid, pidfd=False)
 
