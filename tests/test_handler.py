@@ -41,9 +41,9 @@ def counting_handler() -> object:
 
 def test_handler_is_installed_chained_and_restored(counting_handler: CountingHandler) -> None:
     """The first Reaper installs our handler in front of the old one; the last restores it."""
-    first = Reaper().install()
+    first = Reaper(backend="sigchld").install()
     assert signal.getsignal(signal.SIGCHLD) is _sighandler._on_sigchld
-    second = Reaper().install()
+    second = Reaper(backend="sigchld").install()
     calls_before = counting_handler.calls
     first.spawn(sh("exit 0")).wait(10)
     eventually(lambda: counting_handler.calls > calls_before, what="the old handler to be called")
@@ -53,11 +53,31 @@ def test_handler_is_installed_chained_and_restored(counting_handler: CountingHan
     assert signal.getsignal(signal.SIGCHLD) is counting_handler
 
 
+@pytest.mark.skipif(not HAS_PIDFD, reason="needs pidfd")
+def test_a_pidfd_reaper_leaves_sigchld_alone(counting_handler: CountingHandler) -> None:
+    """A pidfd Reaper needs no signal: the handler that was there gets each SIGCHLD directly.
+
+    Ours would run Python on the main thread at every exit, competing with the reaping thread
+    for the GIL just when it reaps. A sigchld Reaper installed beside it does install ours,
+    which then stays until the last Reaper is uninstalled.
+    """
+    with Reaper(backend="pidfd") as reaper:
+        assert signal.getsignal(signal.SIGCHLD) is counting_handler
+        calls_before = counting_handler.calls
+        assert reaper.spawn(sh("exit 6")).wait(10).returncode == 6
+        eventually(lambda: counting_handler.calls > calls_before, what="their handler's call")
+        with Reaper(backend="sigchld") as swept:
+            assert signal.getsignal(signal.SIGCHLD) is _sighandler._on_sigchld
+            assert swept.spawn(sh("exit 7")).wait(10).returncode == 7
+        assert signal.getsignal(signal.SIGCHLD) is _sighandler._on_sigchld
+    assert signal.getsignal(signal.SIGCHLD) is counting_handler
+
+
 def test_a_handler_installed_over_ours_is_left_in_place() -> None:
     """If other code replaces our handler, uninstall leaves theirs."""
     theirs = CountingHandler()
     original = signal.getsignal(signal.SIGCHLD)
-    reaper = Reaper().install()
+    reaper = Reaper(backend="sigchld").install()
     try:
         signal.signal(signal.SIGCHLD, theirs)
     finally:
@@ -69,12 +89,19 @@ def test_a_handler_installed_over_ours_is_left_in_place() -> None:
 
 
 def test_sig_ign_is_reset_while_installed_and_restored_after(
-    caplog: pytest.LogCaptureFixture,
+    backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """SIGCHLD=SIG_IGN (kernel auto-reaping) is replaced on install, logged, and restored after."""
+    """SIGCHLD=SIG_IGN (kernel auto-reaping) is replaced on install, logged, and restored after.
+
+    By either backend: a pidfd Reaper, which needs no signal, still cannot leave the kernel
+    discarding every status.
+    """
     original = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     try:
-        with caplog.at_level(logging.WARNING, logger="zombiereaper"), Reaper() as reaper:
+        with (
+            caplog.at_level(logging.WARNING, logger="zombiereaper"),
+            Reaper(backend=backend) as reaper,  # type: ignore[arg-type]
+        ):
             assert signal.getsignal(signal.SIGCHLD) is _sighandler._on_sigchld
             assert reaper.spawn(sh("exit 9")).wait(10).returncode == 9
             # Other code's children get real codes again too, instead of Popen's 0.
@@ -115,7 +142,7 @@ def test_uninstall_beside_a_storm_of_sigchld_reports_no_ignored_signal(
         with _quiet():
             deadline = time.monotonic() + 4
             for _ in range(800):
-                Reaper().install().uninstall()
+                Reaper(backend="sigchld").install().uninstall()
                 if caught or time.monotonic() > deadline:
                     break
     finally:

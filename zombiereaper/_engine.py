@@ -627,8 +627,13 @@ _engine: Engine | None = None
 _engine_lock = threading.Lock()
 
 
-def acquire() -> Engine:
+def acquire(*, signals: bool) -> Engine:
     """Count one more user of the engine (an installed Reaper), starting it for the first.
+
+    Args:
+        signals: Whether this user relies on SIGCHLD to wake the thread (the sigchld
+            backend, the all scope). From the main thread, the handler is then installed;
+            else only where SIGCHLD is SIG_IGN, which would discard every exit status.
 
     Raises:
         ReaperError: SIGCHLD is SIG_IGN and this is not the main thread.
@@ -636,7 +641,7 @@ def acquire() -> Engine:
     global _engine
     with _engine_lock:
         _sighandler.check_disposition()
-        if _sighandler.is_main_thread():
+        if _sighandler.is_main_thread() and (signals or _sighandler.is_ignored()):
             _sighandler.install()
         engine = _engine
         if engine is None:

@@ -237,9 +237,12 @@ class Reaper:
     def install(self) -> Self:
         """Start reaping: join the process's reaping thread (starting it if needed).
 
-        From the main thread this also installs the SIGCHLD handler that wakes the thread,
-        chained to the handler that was there (and resets SIGCHLD from SIG_IGN, which would
-        discard every exit status). Any other thread may install too, without a handler.
+        A Reaper that relies on SIGCHLD (``backend="sigchld"`` or ``scope="all"``) installed
+        from the main thread also installs the SIGCHLD handler that wakes the thread, chained
+        to the handler that was there; a pidfd Reaper needs no signal and leaves SIGCHLD as
+        it is, so exits do not interrupt the main thread. Either resets SIGCHLD from SIG_IGN,
+        which would discard every exit status. Any other thread may install too, without a
+        handler (the sigchld backend and the all scope then find exits on a timer).
 
         Returns:
             The Reaper itself, to chain: ``reaper = Reaper().install()``.
@@ -252,7 +255,7 @@ class Reaper:
                 raise ReaperError(
                     "this Reaper is already installed; pair each install() with one uninstall()"
                 )
-            engine = _engine.acquire()
+            engine = _engine.acquire(signals=self._backend == "sigchld" or self._scope == "all")
             try:
                 if self._scope == "all":
                     self._all_scope = AllScope(_OrphanRecords(self), self._grace)
