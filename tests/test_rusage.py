@@ -6,9 +6,11 @@ on a busy machine.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import resource
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -199,7 +201,7 @@ def test_a_record_of_a_short_child_keeps_little() -> None:
 
 
 def test_the_raw_call_reused_says_none_for_a_running_child() -> None:
-    """Its buffers are reused per thread: after a reap, a child still running reads as None."""
+    """Its buffers are reused: after a reap, a child still running reads as None."""
     raw = _process._raw_waitid()
     if raw is None:
         pytest.skip("no raw waitid on this machine")
@@ -218,6 +220,52 @@ def test_the_raw_call_reused_says_none_for_a_running_child() -> None:
         running.wait()
     assert first is not None and first.status == 0 and first.usage is not None
     assert second is None
+
+
+def test_the_raw_call_from_many_threads_reads_each_childs_own_status() -> None:
+    """Threads reaping at once never read each other's buffers: each gets its child's code.
+
+    The system call releases the GIL, so with one shared pair of buffers another thread's
+    reap could overwrite them between a call and the reading of its result.
+    """
+    raw = _process._raw_waitid()
+    if raw is None:
+        pytest.skip("no raw waitid on this machine")
+    threads, rounds = 6, 15
+    children = [
+        [subprocess.Popen(sh(f"exit {t * rounds + r}")) for r in range(rounds)]
+        for t in range(threads)
+    ]
+    fds = [[_process.open_pidfd(c.pid) for c in row] for row in children]
+    for row in fds:
+        for fd in row:
+            eventually(lambda fd=fd: _process.peek_pidfd(fd) is not None, 30, "an exit")
+    results: list[list[int | None]] = [[] for _ in range(threads)]
+    start = threading.Barrier(threads)
+
+    def reap(t: int) -> None:
+        start.wait(10)
+        for fd in fds[t]:
+            reaped = raw.wait(_process.os.P_PIDFD, fd, _process.REAP)
+            results[t].append(None if reaped is None else reaped.status >> 8)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = [threading.Thread(target=reap, args=(t,)) for t in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+    finally:
+        sys.setswitchinterval(interval)
+        for row, fd_row in zip(children, fds, strict=True):
+            for child, fd in zip(row, fd_row, strict=True):
+                _process.os.close(fd)
+                child.returncode = 0  # reaped above (or by the wait below if not)
+                with contextlib.suppress(ChildProcessError):
+                    _process.os.waitpid(child.pid, 0)
+    assert results == [[t * rounds + r for r in range(rounds)] for t in range(threads)]
 
 
 def test_the_raw_call_is_linux_only(monkeypatch: pytest.MonkeyPatch) -> None:
