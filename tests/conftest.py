@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from zombiereaper import _engine, _linux, _sighandler
+from zombiereaper import _engine, _fds, _linux, _sighandler
 
 # multiprocessing's fork server and resource tracker live for the whole run, by design: the
 # plugin's own rule, so that this guard and the plugin never disagree.
@@ -18,6 +18,14 @@ from zombiereaper.pytest_plugin import _is_long_lived_helper
 from .helpers import BACKENDS, eventually
 
 pytest_plugins = ["pytester"]
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def _leftovers(before: set[int]) -> list[psutil.Process]:
@@ -80,6 +88,14 @@ def no_leaked_children() -> Iterator[None]:
         signal.signal(signal.SIGCHLD, handler_before)
     if _sighandler.is_installed() and _engine.current() is None:
         _sighandler.uninstall()
+    stale = [fd for fd in _fds.snapshot() if not _is_open(fd)]
+    if stale:
+        # A later fork's child would close whatever reuses these numbers (a multiprocessing
+        # worker's own pipe: it then exits 1 without a word).
+        problems.append(f"tracked descriptors closed behind zombiereaper._fds's back: {stale}")
+        with _fds.step():
+            for fd in stale:
+                _fds.untrack(fd)
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
 

@@ -22,7 +22,7 @@ import psutil
 import pytest
 from hypothesis import given
 
-from zombiereaper import Child, Reaper, _engine
+from zombiereaper import Child, Reaper, _engine, _fds
 from zombiereaper._backends import relay as relay_module
 from zombiereaper._backends.relay_main import __file__ as RELAY_SCRIPT
 
@@ -142,7 +142,7 @@ def test_the_relay_returns_a_pidfd_when_its_child_exits_and_exits_on_eof() -> No
             result = os.waitid(os.P_PIDFD, back, os.WEXITED)
             assert result is not None and (result.si_pid, result.si_status) == (popen.pid, 9)
         finally:
-            os.close(back)
+            _fds.close(back, _fds.generation())  # received, so tracked: a fork would close it
         popen.returncode = 9  # reaped above, through the pidfd
     finally:
         if popen.returncode is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import resource
 import subprocess
 import sys
@@ -207,14 +208,14 @@ def test_the_raw_call_reused_says_none_for_a_running_child() -> None:
         pytest.skip("no raw waitid on this machine")
     done = subprocess.Popen(["true"])
     running = subprocess.Popen(["sleep", "60"])
-    fds = [_process.open_pidfd(done.pid), _process.open_pidfd(running.pid)]
+    fds = [os.pidfd_open(done.pid), os.pidfd_open(running.pid)]
     try:
         eventually(lambda: _process.peek_pidfd(fds[0]) is not None, 30, "true to exit")
-        first = raw.wait(_process.os.P_PIDFD, fds[0], _process.REAP)
-        second = raw.wait(_process.os.P_PIDFD, fds[1], _process.REAP)
+        first = raw.wait(os.P_PIDFD, fds[0], _process.REAP)
+        second = raw.wait(os.P_PIDFD, fds[1], _process.REAP)
     finally:
         for fd in fds:
-            _process.os.close(fd)
+            os.close(fd)
         done.returncode = 0  # reaped above
         running.kill()
         running.wait()
@@ -236,7 +237,7 @@ def test_the_raw_call_from_many_threads_reads_each_childs_own_status() -> None:
         [subprocess.Popen(sh(f"exit {t * rounds + r}")) for r in range(rounds)]
         for t in range(threads)
     ]
-    fds = [[_process.open_pidfd(c.pid) for c in row] for row in children]
+    fds = [[os.pidfd_open(c.pid) for c in row] for row in children]
     for row in fds:
         for fd in row:
             eventually(lambda fd=fd: _process.peek_pidfd(fd) is not None, 30, "an exit")
@@ -246,7 +247,7 @@ def test_the_raw_call_from_many_threads_reads_each_childs_own_status() -> None:
     def reap(t: int) -> None:
         start.wait(10)
         for fd in fds[t]:
-            reaped = raw.wait(_process.os.P_PIDFD, fd, _process.REAP)
+            reaped = raw.wait(os.P_PIDFD, fd, _process.REAP)
             results[t].append(None if reaped is None else reaped.status >> 8)
 
     interval = sys.getswitchinterval()
@@ -261,10 +262,10 @@ def test_the_raw_call_from_many_threads_reads_each_childs_own_status() -> None:
         sys.setswitchinterval(interval)
         for row, fd_row in zip(children, fds, strict=True):
             for child, fd in zip(row, fd_row, strict=True):
-                _process.os.close(fd)
+                os.close(fd)
                 child.returncode = 0  # reaped above (or by the wait below if not)
                 with contextlib.suppress(ChildProcessError):
-                    _process.os.waitpid(child.pid, 0)
+                    os.waitpid(child.pid, 0)
     assert results == [[t * rounds + r for r in range(rounds)] for t in range(threads)]
 
 
@@ -286,13 +287,13 @@ def test_the_raw_call_reads_the_kernels_figures() -> None:
     if raw is None:
         pytest.skip("no raw waitid on this machine")
     twins = [subprocess.Popen(BUSY), subprocess.Popen(BUSY)]
-    fd = _process.open_pidfd(twins[0].pid)
+    fd = os.pidfd_open(twins[0].pid)
     try:
         eventually(lambda: _process.peek_pidfd(fd) is not None, 60, "the first twin's exit")
-        reaped = raw.wait(_process.os.P_PIDFD, fd, _process.REAP)
+        reaped = raw.wait(os.P_PIDFD, fd, _process.REAP)
     finally:
-        _process.os.close(fd)
-    _, other_raw, other_usage = _process.os.wait4(twins[1].pid, 0)
+        os.close(fd)
+    _, other_raw, other_usage = os.wait4(twins[1].pid, 0)
     for twin in twins:
         twin.returncode = 7  # reaped above
     assert reaped is not None and reaped.usage is not None

@@ -18,9 +18,11 @@ from typing import Any
 
 import pytest
 
-from zombiereaper import _sighandler
-from zombiereaper._backends.sigchld import SAFETY_SWEEP_INTERVAL, SweepMonitor
+from zombiereaper import ExitStatus, Reaper, _sighandler
+from zombiereaper._backends.sigchld import SAFETY_SWEEP_INTERVAL, SweepMonitor, SweptRef
 from zombiereaper._process import ProcessRef
+
+from .helpers import HAS_PIDFD, eventually, sh
 
 
 class _Loop:
@@ -28,12 +30,16 @@ class _Loop:
 
     def __init__(self) -> None:
         self.settled: list[object] = []
+        #: Those of ``settled`` that it was told had exited (their pidfd said so).
+        self.told_exited: list[object] = []
 
     def sweep_needed(self) -> None:
         pass
 
-    def settle_now(self, watch: object) -> bool:
+    def settle_now(self, watch: object, *, exited: bool = False) -> bool:
         self.settled.append(watch)
+        if exited:
+            self.told_exited.append(watch)
         return False
 
 
@@ -184,3 +190,65 @@ def test_a_new_child_being_settled_meanwhile_is_not_read_but_swept(wakes: list[N
         monitor.add(watch)
     assert watch.notice.locked_at_read == [], "add() read a child that was being settled"
     assert len(wakes) == 1, "a child that may have exited woke no sweep"
+
+
+@pytest.mark.skipif(not HAS_PIDFD, reason="needs pidfd")
+def test_a_sweep_asks_the_children_holding_a_pidfd_with_one_poll() -> None:
+    """Held pidfds are polled at once: only the exited child is settled, told it exited.
+
+    A child named by pid is still checked one by one. Without the poll, every held child was
+    looked at with a system call of its own on every sweep, and the exited one looked at
+    once more before its reap.
+    """
+    monitor, loop, _ = _monitor()
+    children = [subprocess.Popen(["sleep", "30"]), subprocess.Popen(["true"])]
+    refs = [SweptRef.open(child.pid, pidfd=True) for child in children]
+    by_pid = ProcessRef.open(children[0].pid, pidfd=False)
+    try:
+        eventually(lambda: refs[1].peek() is not None, 30, "true to exit")
+        held_running, held_exited, named_by_pid = (_watch(ref) for ref in (*refs, by_pid))
+        for watch in (held_running, held_exited, named_by_pid):
+            monitor.add(watch)
+        loop.settled.clear()
+        monitor.sweep()
+        assert set(loop.settled) == {held_exited, named_by_pid}
+        assert loop.told_exited == [held_exited]
+    finally:
+        for ref in (*refs, by_pid):
+            ref.close()
+        children[0].kill()
+        for child in children:
+            child.wait(10)
+
+
+@pytest.mark.skipif(not HAS_PIDFD, reason="needs pidfd")
+def test_an_exit_that_a_pidfd_announced_is_reaped_without_a_look_first(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its pidfd readable, a spawned child is reaped at once: no peek on the way to on_exit."""
+    looked_at: list[int] = []
+    peek = ProcessRef.peek
+
+    def counting_peek(ref: ProcessRef, *, exact: bool = True) -> int | None:
+        looked_at.append(ref.pid)
+        return peek(ref, exact=exact)
+
+    monkeypatch.setattr(ProcessRef, "peek", counting_peek)
+    heard: list[ExitStatus] = []
+    done = threading.Event()
+
+    def on_exit(status: ExitStatus) -> None:
+        heard.append(status)
+        done.set()
+
+    with Reaper(backend=backend, on_exit=on_exit) as reaper:  # type: ignore[arg-type]
+        child = reaper.spawn(sh("read line; exit 4"), stdin=subprocess.PIPE)
+        looked_at.clear()  # the sigchld backend looks once as it adds a child
+        stdin = child.popen.stdin  # type: ignore[union-attr]
+        assert stdin is not None
+        stdin.write(b"go\n")
+        stdin.close()
+        assert done.wait(20), "no on_exit"
+        assert [status.returncode for status in heard] == [4]
+        assert looked_at == []
+        assert child.wait(10).returncode == 4

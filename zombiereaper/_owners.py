@@ -119,7 +119,7 @@ class PopenSource:
                 assert lock is not None
                 lock.release()
 
-    def read_exit(self, notice: Notice) -> Outcome:
+    def read_exit(self, notice: Notice, *, exited: bool = False) -> Outcome:
         """Read the exit through the ref, then reap it under Popen's lock and store the code."""
         popen = self.popen
         if popen.returncode is not None:
@@ -128,6 +128,10 @@ class PopenSource:
         if not _process.can_peek():
             code = popen.poll()  # no waitid: Popen's own machinery, by pid
             return RUNNING if code is None else ExitStatus.from_returncode(self.pid, code)
+        if exited and notice.fileno is not None:
+            # Its pidfd said so: reap at once, without a look first (a cache-cold system call
+            # on the way to on_exit). Stolen meanwhile, the status is what recover() finds.
+            return self._reap_under_popen_lock(notice, None)
         try:
             # By pid, not checked here: the reap checks that it reaches this very process,
             # and returns its status (one /proc read per exit instead of two).
@@ -307,8 +311,12 @@ class ProcessSource:
             return Known(self._status())
         return ref
 
-    def read_exit(self, notice: Notice) -> Outcome:
-        """Read the exit and store it in the Process before reaping, or let it read its own."""
+    def read_exit(self, notice: Notice, *, exited: bool = False) -> Outcome:
+        """Read the exit and store it in the Process before reaping, or let it read its own.
+
+        Always looks first (``exited`` or not): the Process must hold its status before the
+        reap frees the pid, or a join() meanwhile would find it gone.
+        """
         if isinstance(notice, Sentinel):
             return self._read_forkserver_exit(notice)
         assert isinstance(notice, ProcessRef)
@@ -491,8 +499,8 @@ class PidSource:
         """Nobody else may wait for a bare pid: a stranger took its status."""
         return None
 
-    def read_exit(self, notice: Notice) -> Outcome:
-        """Reap the child directly."""
+    def read_exit(self, notice: Notice, *, exited: bool = False) -> Outcome:
+        """Reap the child directly (it never looks first, ``exited`` or not)."""
         assert isinstance(notice, ProcessRef)
         try:
             reaped = notice.reap()

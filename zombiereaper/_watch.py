@@ -106,8 +106,12 @@ class Source(Protocol):
         """
         ...
 
-    def read_exit(self, notice: Notice) -> Outcome:
-        """Reap the child if it has exited (with the watch's lock held)."""
+    def read_exit(self, notice: Notice, *, exited: bool = False) -> Outcome:
+        """Reap the child if it has exited (with the watch's lock held).
+
+        ``exited``: the notice's descriptor said so (it is readable once the process has
+        exited, or been reaped by another waiter), so reaping need not look first.
+        """
         ...
 
     def read_gone(self) -> ExitStatus | Retry | None:

@@ -47,8 +47,11 @@ class Loop(Protocol):
         """Run ``callback`` on the reaping thread in ``delay`` seconds."""
         ...
 
-    def settle_now(self, watch: Watch) -> bool:
-        """Settle ``watch`` if it has exited; return whether this call did (failures logged)."""
+    def settle_now(self, watch: Watch, *, exited: bool = False) -> bool:
+        """Settle ``watch`` if it has exited; return whether this call did (failures logged).
+
+        ``exited``: its descriptor said so, and reaping need not look first.
+        """
         ...
 
     def sweep_needed(self) -> None:

@@ -16,6 +16,7 @@ bounded however many children it watches.
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 from typing import TYPE_CHECKING, Final
@@ -293,11 +294,35 @@ class SweepMonitor:
             self._schedule.record_idle(now)
 
     def sweep(self) -> int:
-        """Check every swept child now; return how many were settled."""
+        """Check every swept child now; return how many were settled.
+
+        The children that hold a pidfd are asked all at once, with one poll() of their
+        pidfds (readable once the process has exited, or been reaped by another waiter):
+        only those that answer are settled, without a look first. The rest are checked one
+        by one.
+        """
         self.sweeps += 1
         with self._lock:
             candidates = list(self._watches)
-        return sum(self._loop.settle_now(watch) for watch in candidates)
+        by_fd: dict[int, Watch] = {}
+        settled = 0
+        for watch in candidates:
+            notice = watch.notice
+            # Read without the watch's lock: a pidfd is closed only once its watch is settled,
+            # so a number closed or reused since can only skip a settled watch, or check one
+            # for nothing (settle_now() looks under the lock).
+            fd = notice.fileno if isinstance(notice, SweptRef) else None
+            if fd is None:
+                settled += self._loop.settle_now(watch)
+            else:
+                by_fd[fd] = watch
+        if by_fd:
+            poller = select.poll()
+            for fd in by_fd:
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll(0):  # POLLNVAL (closed meanwhile) included: check it
+                settled += self._loop.settle_now(by_fd[fd], exited=True)
+        return settled
 
     def count(self) -> int:
         """How many children are watched this way."""
