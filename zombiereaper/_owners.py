@@ -168,8 +168,9 @@ class PopenSource:
     def _reap_under_popen_lock(self, notice: ProcessRef, peeked: int | None) -> Outcome:
         """Reap the exited child under Popen's lock and store its code there.
 
-        ``peeked`` is its status as read through its pidfd, or None when it was named by pid
-        (then the reap's own answer, checked against the start time, is the status).
+        ``peeked`` is its status as read through its pidfd, or None when it was not read first
+        (named by pid, or its pidfd said it has exited): the reap's own answer, checked
+        against the process's identity, is the status then.
         """
         popen = self.popen
         lock = _popen_lock(popen)
@@ -190,8 +191,8 @@ class PopenSource:
                     return RUNNING
                 raw, usage = reaped
             except ProcessGone:
-                # A stranger took it: after our read through the pidfd (its status, then), or,
-                # named by pid, the pid may name another process by now (None).
+                # A stranger took it: after our read through the pidfd (its status, then), or
+                # before any read (None: recovered through the pidfd if the kernel keeps it).
                 raw = peeked
             if raw is not None:
                 popen.returncode = os.waitstatus_to_exitcode(raw)
