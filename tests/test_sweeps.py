@@ -124,6 +124,26 @@ def test_a_sweep_that_finds_nothing_still_quiets_the_next_wakeup() -> None:
     assert loop.settled == [watch], "a storm of SIGCHLD would sweep without pause"
 
 
+def test_timer_sweeps_that_find_nothing_do_not_delay_the_next_wakeup() -> None:
+    """A child running quietly for a while: its exit's SIGCHLD is still swept at once.
+
+    Timer sweeps that found it running counted as a storm, so after a few quiet seconds the
+    next exit waited up to SAFETY_SWEEP_INTERVAL for its sweep (4 ms to 100 ms, not 0.6 ms,
+    from SIGKILL to on_exit after one second).
+    """
+    monitor, loop, clock = _monitor()
+    watch = _watch()
+    monitor.add(watch)
+    now = clock.now
+    for _ in range(20):  # two seconds of timer sweeps, each finding the child running
+        now += SAFETY_SWEEP_INTERVAL + 0.001
+        monitor.sweep_if_due(now)
+    assert len(loop.settled) == 20
+    monitor.note_wakeup()  # its SIGCHLD, a moment after the last timer sweep
+    monitor.sweep_if_due(now + 1e-6)
+    assert len(loop.settled) == 21, "the exit waited out a quiet period meant for storms"
+
+
 def test_the_timer_stays_armed_for_an_interval_after_the_last_child_left() -> None:
     monitor, _, clock = _monitor()
     assert monitor.timeout(clock.now) is None, "armed with nothing ever watched"

@@ -185,11 +185,15 @@ class SweepSchedule:
 
     def record_sweep(self, now: float, found: int) -> None:
         """A sweep ran at ``now`` and reaped ``found`` children."""
+        asked = self._pending
         self._last_sweep = now
         self._pending = False
         if found:
             self._quiet_period = 0.0
-        else:
+        elif asked:
+            # A wakeup for nothing: perhaps a storm of them. A timer sweep that finds nothing
+            # is no such sign: counted too, a few quiet seconds made the next exit's SIGCHLD
+            # wait up to SAFETY_SWEEP_INTERVAL for its sweep.
             self._quiet_period = min(
                 max(self._quiet_period * 2, _FIRST_QUIET_PERIOD), SAFETY_SWEEP_INTERVAL
             )
