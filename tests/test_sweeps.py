@@ -23,6 +23,7 @@ from zombiereaper._backends.sigchld import SAFETY_SWEEP_INTERVAL, SweepMonitor, 
 from zombiereaper._process import ProcessRef
 
 from .helpers import HAS_PIDFD, eventually, sh
+from .internals import engine_now, watch_of
 
 
 class _Loop:
@@ -220,7 +221,7 @@ def test_a_sweep_asks_the_children_holding_a_pidfd_with_one_poll() -> None:
     looked at with a system call of its own on every sweep, and the exited one looked at
     once more before its reap.
     """
-    monitor, loop, _ = _monitor()
+    monitor, loop, clock = _monitor()
     children = [subprocess.Popen(["sleep", "30"]), subprocess.Popen(["true"])]
     refs = [SweptRef.open(child.pid, pidfd=True) for child in children]
     by_pid = ProcessRef.open(children[0].pid, pidfd=False)
@@ -233,6 +234,12 @@ def test_a_sweep_asks_the_children_holding_a_pidfd_with_one_poll() -> None:
         monitor.sweep()
         assert set(loop.settled) == {held_exited, named_by_pid}
         assert loop.told_exited == [held_exited]
+        # The timer's sweep looks at each one, in case a readiness came late.
+        loop.settled.clear()
+        loop.told_exited.clear()
+        monitor.sweep_if_due(clock.now + 2 * SAFETY_SWEEP_INTERVAL)
+        assert set(loop.settled) == {held_running, held_exited, named_by_pid}
+        assert loop.told_exited == []
     finally:
         for ref in (*refs, by_pid):
             ref.close()
@@ -272,3 +279,30 @@ def test_an_exit_that_a_pidfd_announced_is_reaped_without_a_look_first(
         assert [status.returncode for status in heard] == [4]
         assert looked_at == []
         assert child.wait(10).returncode == 4
+
+
+@pytest.mark.skipif(not HAS_PIDFD, reason="needs pidfd")
+def test_a_stale_exit_hint_does_not_wait_for_a_running_childs_popen_lock() -> None:
+    """Told "exited" while its own popen.wait() holds Popen's lock, a running child is only
+    looked at: no wait for the lock, no move to the sweeps.
+
+    A readiness meant for an earlier holder of its pidfd's number can reach it; waiting for
+    the lock there would stall the reaping thread and then demote the child to the sweeps.
+    """
+    with Reaper(backend="pidfd") as reaper:
+        child = reaper.spawn(sh("read line; exit 3"), stdin=subprocess.PIPE)
+        popen = child.popen
+        assert popen is not None and popen.stdin is not None
+        waiter = threading.Thread(target=popen.wait)
+        waiter.start()
+        try:
+            eventually(lambda: popen._waitpid_lock.locked(), what="the owner to hold the lock")
+            # Called with the hint, as a stale readiness would; nothing has exited.
+            engine = engine_now()
+            assert not engine.settle(watch_of(child), exited=True)
+            assert watch_of(child).monitor is not engine.monitors.sweep, "moved to the sweeps"
+        finally:
+            popen.stdin.write(b"go\n")
+            popen.stdin.close()
+            waiter.join(10)
+        assert child.wait(10).returncode == 3

@@ -120,7 +120,10 @@ class PopenSource:
                 lock.release()
 
     def read_exit(self, notice: Notice, *, exited: bool = False) -> Outcome:
-        """Read the exit through the ref, then reap it under Popen's lock and store the code."""
+        """Read the exit through the ref, then reap it under Popen's lock and store the code.
+
+        With ``exited`` (its pidfd said so), reaped at once if Popen's lock is free.
+        """
         popen = self.popen
         if popen.returncode is not None:
             return ExitStatus.from_returncode(popen.pid, popen.returncode)
@@ -128,10 +131,14 @@ class PopenSource:
         if not _process.can_peek():
             code = popen.poll()  # no waitid: Popen's own machinery, by pid
             return RUNNING if code is None else ExitStatus.from_returncode(self.pid, code)
-        if exited and notice.fileno is not None:
+        lock = _popen_lock(popen)
+        if exited and notice.fileno is not None and lock is not None and lock.acquire(False):
             # Its pidfd said so: reap at once, without a look first (a cache-cold system call
             # on the way to on_exit). Stolen meanwhile, the status is what recover() finds.
-            return self._reap_under_popen_lock(notice, None)
+            # Never waiting for the lock here: a readiness that was meant for an earlier
+            # holder of the descriptor's number must not wait out a popen.wait() of a child
+            # that still runs.
+            return self._reap_holding(lock, notice, None)
         try:
             # By pid, not checked here: the reap checks that it reaches this very process,
             # and returns its status (one /proc read per exit instead of two).
@@ -172,13 +179,19 @@ class PopenSource:
         (named by pid, or its pidfd said it has exited): the reap's own answer, checked
         against the process's identity, is the status then.
         """
-        popen = self.popen
-        lock = _popen_lock(popen)
+        lock = _popen_lock(self.popen)
         if lock is None:
             return self._reap_through_popen(notice, peeked)
         # A holder sits in waitpid() on a child that has exited: it is done in a moment.
         if not lock.acquire(timeout=_OWNER_LOCK_WAIT):
             return RETRY  # or it is this very thread, in a signal handler: never deadlock
+        return self._reap_holding(lock, notice, peeked)
+
+    def _reap_holding(
+        self, lock: threading.Lock, notice: ProcessRef, peeked: int | None
+    ) -> Outcome:
+        """:meth:`_reap_under_popen_lock` once Popen's ``lock`` is taken (released here)."""
+        popen = self.popen
         try:
             if popen.returncode is not None:
                 return ExitStatus.from_returncode(popen.pid, popen.returncode)

@@ -102,7 +102,8 @@ def open_ref(pid: int, backend: BackendName) -> ProcessRef:
                 raise
             # Out of descriptors (psutil #2712): this child is swept instead, nothing lost.
             logger.warning(
-                "no pidfd for pid %d (%s); watching it through SIGCHLD sweeps instead",
+                "no pidfd for pid %d (%s); watching it through sweeps instead (on SIGCHLD if a "
+                "sigchld or all-scope Reaper installed the handler, else every 0.1 s)",
                 pid,
                 errno.errorcode.get(err.errno or 0, err.errno),
             )

@@ -153,10 +153,11 @@ def _still_running(watch: Watch) -> bool:
 class SweepSchedule:
     """When to sweep: on wakeups, but not in a storm, and on a timer.
 
-    A wakeup asks for a sweep. After a sweep that found nothing, the next one asked for by a
-    wakeup waits a quiet period that doubles up to SAFETY_SWEEP_INTERVAL, so a storm of
-    spurious SIGCHLD costs a bounded number of sweeps (go-reap PR #1); a sweep that finds an
-    exit ends the quiet period. The timer sweeps every SAFETY_SWEEP_INTERVAL regardless, which
+    A wakeup asks for a sweep. After a sweep asked for by a wakeup that found nothing, the
+    next one asked for by a wakeup waits a quiet period that doubles up to
+    SAFETY_SWEEP_INTERVAL, so a storm of spurious SIGCHLD costs a bounded number of sweeps
+    (go-reap PR #1); a sweep that finds an exit ends the quiet period, and a timer sweep that
+    finds nothing leaves it as it is. The timer sweeps every SAFETY_SWEEP_INTERVAL regardless, which
     is what bounds the delay when no handler can run (prior-art pitfall 4).
     """
 
@@ -176,6 +177,11 @@ class SweepSchedule:
     def note_wakeup(self) -> None:
         """Something may have exited: ask for a sweep."""
         self._pending = True
+
+    @property
+    def asked(self) -> bool:
+        """Whether a wakeup has asked for a sweep since the last one."""
+        return self._pending
 
     def is_due(self, now: float) -> bool:
         """Whether a sweep should run now."""
@@ -251,11 +257,12 @@ class SweepMonitor:
             watch.monitor, watch.slot = self, None
         if first:  # SIGCHLD must wake the loop from now on (see remove())
             self._loop.sweep_needed()
-        # From now on its exit raises a SIGCHLD that wakes a sweep. One that came before (it
-        # has exited already; a demoted watch has) woke nobody for it: wake the sweep then.
-        # So does a reaping thread that sleeps with no sweep timer (nothing swept lately): the
-        # timer is what finds an exit while the main thread cannot run the handler. Else a
-        # child seen running needs no wakeup, and spawn() saves one.
+        # From now on its exit raises a SIGCHLD that wakes a sweep (where the handler is
+        # installed; else the timer finds it). One that came before (it has exited already; a
+        # demoted watch has) woke nobody for it: wake the sweep then. So does a reaping thread
+        # that sleeps with no sweep timer (nothing swept lately): the timer is what finds an
+        # exit while the main thread cannot run the handler. Else a child seen running needs
+        # no wakeup, and spawn() saves one.
         if not armed or not _still_running(watch):
             _sighandler.wake()
 
@@ -293,17 +300,20 @@ class SweepMonitor:
         if not self._schedule.is_due(now):
             return
         if self._watches:
-            self._schedule.record_sweep(now, self.sweep())
+            # The timer's sweep looks at every child, pidfd or not: a net under readiness (a
+            # pidfd's number closed behind our back and reused, a kernel whose poll lagged).
+            thorough = not self._schedule.asked
+            self._schedule.record_sweep(now, self.sweep(thorough=thorough))
         else:
             self._schedule.record_idle(now)
 
-    def sweep(self) -> int:
+    def sweep(self, *, thorough: bool = False) -> int:
         """Check every swept child now; return how many were settled.
 
         The children that hold a pidfd are asked all at once, with one poll() of their
         pidfds (readable once the process has exited, or been reaped by another waiter):
         only those that answer are settled, without a look first. The rest are checked one
-        by one.
+        by one, and so is every child when ``thorough``.
         """
         self.sweeps += 1
         with self._lock:
@@ -315,7 +325,7 @@ class SweepMonitor:
             # Read without the watch's lock: a pidfd is closed only once its watch is settled,
             # so a number closed or reused since can only skip a settled watch, or check one
             # for nothing (settle_now() looks under the lock).
-            fd = notice.fileno if isinstance(notice, SweptRef) else None
+            fd = notice.fileno if isinstance(notice, SweptRef) and not thorough else None
             if fd is None:
                 settled += self._loop.settle_now(watch)
             else:
