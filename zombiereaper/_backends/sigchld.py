@@ -157,8 +157,8 @@ class SweepSchedule:
     next one asked for by a wakeup waits a quiet period that doubles up to
     SAFETY_SWEEP_INTERVAL, so a storm of spurious SIGCHLD costs a bounded number of sweeps
     (go-reap PR #1); a sweep that finds an exit ends the quiet period, and a timer sweep that
-    finds nothing leaves it as it is. The timer sweeps every SAFETY_SWEEP_INTERVAL regardless, which
-    is what bounds the delay when no handler can run (prior-art pitfall 4).
+    finds nothing leaves it as it is. The timer sweeps every SAFETY_SWEEP_INTERVAL regardless,
+    which is what bounds the delay when no handler can run (prior-art pitfall 4).
     """
 
     def __init__(self, now: float) -> None:
