@@ -147,7 +147,7 @@ class PopenSource:
             return self._read_taken(notice)
         if raw is None:
             return RUNNING
-        return self._reap_under_popen_lock(notice, raw if notice.fileno is not None else None)
+        return self._reap_under_popen_lock(lock, notice, raw if notice.fileno is not None else None)
 
     def _read_taken(self, notice: ProcessRef) -> Outcome:
         """Another wait reaped the child: the kernel's record of it, else what Popen stored.
@@ -172,14 +172,15 @@ class PopenSource:
                 lock.release()
         return decode_wait_status(self.pid, raw)
 
-    def _reap_under_popen_lock(self, notice: ProcessRef, peeked: int | None) -> Outcome:
-        """Reap the exited child under Popen's lock and store its code there.
+    def _reap_under_popen_lock(
+        self, lock: threading.Lock | None, notice: ProcessRef, peeked: int | None
+    ) -> Outcome:
+        """Reap the exited child under Popen's ``lock`` and store its code there.
 
         ``peeked`` is its status as read through its pidfd, or None when it was not read first
         (named by pid, or its pidfd said it has exited): the reap's own answer, checked
         against the process's identity, is the status then.
         """
-        lock = _popen_lock(self.popen)
         if lock is None:
             return self._reap_through_popen(notice, peeked)
         # A holder sits in waitpid() on a child that has exited: it is done in a moment.
