@@ -7,6 +7,7 @@ on a busy machine.
 from __future__ import annotations
 
 import contextlib
+import errno
 import multiprocessing
 import os
 import resource
@@ -221,6 +222,23 @@ def test_the_raw_call_reused_says_none_for_a_running_child() -> None:
         running.wait()
     assert first is not None and first.status == 0 and first.usage is not None
     assert second is None
+
+
+def test_the_raw_call_reports_a_child_reaped_already_as_echild() -> None:
+    """A failed call is made again to read its errno: ECHILD comes out as os.waitid's would."""
+    raw = _process._raw_waitid()
+    if raw is None:
+        pytest.skip("no raw waitid on this machine")
+    child = subprocess.Popen(["true"])
+    fd = os.pidfd_open(child.pid)
+    try:
+        child.wait(30)  # reaped by its Popen: the pidfd names no child of ours any more
+        with pytest.raises(ChildProcessError) as caught:
+            raw.wait(os.P_PIDFD, fd, _process.REAP)
+    finally:
+        os.close(fd)
+    assert caught.value.errno == errno.ECHILD
+    assert raw.works
 
 
 def test_the_raw_call_from_many_threads_reads_each_childs_own_status() -> None:

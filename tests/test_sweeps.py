@@ -10,6 +10,7 @@ These drive one SweepMonitor directly, with a stand-in loop and clock: no timing
 
 from __future__ import annotations
 
+import select
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -31,15 +32,15 @@ class _Loop:
 
     def __init__(self) -> None:
         self.settled: list[object] = []
-        #: Those of ``settled`` that it was told had exited (their pidfd said so).
+        #: Those of ``settled`` that it was told to reap without a look first.
         self.told_exited: list[object] = []
 
     def sweep_needed(self) -> None:
         pass
 
-    def settle_now(self, watch: object, *, exited: bool = False) -> bool:
+    def settle_now(self, watch: object, *, look_first: bool = True) -> bool:
         self.settled.append(watch)
-        if exited:
+        if not look_first:
             self.told_exited.append(watch)
         return False
 
@@ -249,6 +250,35 @@ def test_a_sweep_asks_the_children_holding_a_pidfd_with_one_poll() -> None:
 
 
 @pytest.mark.skipif(not HAS_PIDFD, reason="needs pidfd")
+def test_a_lone_child_holding_a_pidfd_is_reaped_without_a_poll(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One held pidfd alone is not polled: the child is settled at once, without a look.
+
+    Reaping costs a system call, as the poll would; for a program that runs one command at
+    a time the poll was one more call between the exit and on_exit.
+    """
+    monitor, loop, _ = _monitor()
+    child = subprocess.Popen(["sleep", "30"])
+    ref = SweptRef.open(child.pid, pidfd=True)
+    try:
+        watch = _watch(ref)
+        monitor.add(watch)
+        loop.settled.clear()
+
+        def no_poll() -> None:
+            raise AssertionError("polled a lone pidfd")
+
+        monkeypatch.setattr(select, "poll", no_poll)
+        monitor.sweep()
+        assert loop.settled == loop.told_exited == [watch]
+    finally:
+        ref.close()
+        child.kill()
+        child.wait(10)
+
+
+@pytest.mark.skipif(not HAS_PIDFD, reason="needs pidfd")
 def test_an_exit_that_a_pidfd_announced_is_reaped_without_a_look_first(
     backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -299,7 +329,7 @@ def test_a_stale_exit_hint_does_not_wait_for_a_running_childs_popen_lock() -> No
             eventually(lambda: popen._waitpid_lock.locked(), what="the owner to hold the lock")
             # Called with the hint, as a stale readiness would; nothing has exited.
             engine = engine_now()
-            assert not engine.settle(watch_of(child), exited=True)
+            assert not engine.settle(watch_of(child), look_first=False)
             assert watch_of(child).monitor is not engine.monitors.sweep, "moved to the sweeps"
         finally:
             popen.stdin.write(b"go\n")

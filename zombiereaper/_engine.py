@@ -164,10 +164,11 @@ class Engine:
             raise
         return watch
 
-    def settle(self, watch: Watch, *, exited: bool = False) -> bool:
+    def settle(self, watch: Watch, *, look_first: bool = True) -> bool:
         """Settle ``watch`` now if its child has exited; safe from any thread.
 
-        ``exited``: its descriptor said so (see :meth:`Source.read_exit`).
+        ``look_first``: False to reap without reading the exit first (see
+        :meth:`Source.read_exit`).
 
         Returns:
             Whether this call settled it.
@@ -175,7 +176,7 @@ class Engine:
         with watch.lock:
             if not watch.watching or watch.notice is None:
                 return False
-            outcome = watch.source.read_exit(watch.notice, exited=exited)
+            outcome = watch.source.read_exit(watch.notice, look_first=look_first)
             if isinstance(outcome, Running):
                 return False
             if isinstance(outcome, Retry):
@@ -398,10 +399,10 @@ class Engine:
         if _engine is self:  # a stopping engine must not undo what its successor needs
             _sighandler.wake_on_sigchld = self.monitors.sweep.active or self._all_scope is not None
 
-    def settle_now(self, watch: Watch, *, exited: bool = False) -> bool:
+    def settle_now(self, watch: Watch, *, look_first: bool = True) -> bool:
         """Settle ``watch`` if it has exited, logging a failure instead of raising it."""
         try:
-            return self.settle(watch, exited=exited)
+            return self.settle(watch, look_first=look_first)
         except Exception:
             # A failure to reap one child must not stop the thread that reaps all the others,
             # nor, repeating on a descriptor that stays readable, spin it: the child is

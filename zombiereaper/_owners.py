@@ -119,10 +119,10 @@ class PopenSource:
                 assert lock is not None
                 lock.release()
 
-    def read_exit(self, notice: Notice, *, exited: bool = False) -> Outcome:
+    def read_exit(self, notice: Notice, *, look_first: bool = True) -> Outcome:
         """Read the exit through the ref, then reap it under Popen's lock and store the code.
 
-        With ``exited`` (its pidfd said so), reaped at once if Popen's lock is free.
+        Not ``look_first`` (and named by a pidfd), reaped at once if Popen's lock is free.
         """
         popen = self.popen
         if popen.returncode is not None:
@@ -132,12 +132,17 @@ class PopenSource:
             code = popen.poll()  # no waitid: Popen's own machinery, by pid
             return RUNNING if code is None else ExitStatus.from_returncode(self.pid, code)
         lock = _popen_lock(popen)
-        if exited and notice.fileno is not None and lock is not None and lock.acquire(False):
-            # Its pidfd said so: reap at once, without a look first (a cache-cold system call
-            # on the way to on_exit). Stolen meanwhile, the status is what recover() finds.
-            # Never waiting for the lock here: a readiness that was meant for an earlier
-            # holder of the descriptor's number must not wait out a popen.wait() of a child
-            # that still runs.
+        if (
+            not look_first
+            and notice.fileno is not None
+            and lock is not None
+            and lock.acquire(False)
+        ):
+            # Reaped at once, without a look first (a cache-cold system call on the way to
+            # on_exit); a child still running answers RUNNING. Stolen meanwhile, the status
+            # is what recover() finds. Never waiting for the lock here: a readiness that was
+            # meant for an earlier holder of the descriptor's number must not wait out a
+            # popen.wait() of a child that still runs.
             return self._reap_holding(lock, notice, None)
         try:
             # By pid, not checked here: the reap checks that it reaches this very process,
@@ -326,10 +331,10 @@ class ProcessSource:
             return Known(self._status())
         return ref
 
-    def read_exit(self, notice: Notice, *, exited: bool = False) -> Outcome:
+    def read_exit(self, notice: Notice, *, look_first: bool = True) -> Outcome:
         """Read the exit and store it in the Process before reaping, or let it read its own.
 
-        Always looks first (``exited`` or not): the Process must hold its status before the
+        Always looks first (``look_first`` or not): the Process must hold its status before the
         reap frees the pid, or a join() meanwhile would find it gone.
         """
         if isinstance(notice, Sentinel):
@@ -514,8 +519,8 @@ class PidSource:
         """Nobody else may wait for a bare pid: a stranger took its status."""
         return None
 
-    def read_exit(self, notice: Notice, *, exited: bool = False) -> Outcome:
-        """Reap the child directly (it never looks first, ``exited`` or not)."""
+    def read_exit(self, notice: Notice, *, look_first: bool = True) -> Outcome:
+        """Reap the child directly (it never looks first, ``look_first`` or not)."""
         assert isinstance(notice, ProcessRef)
         try:
             reaped = notice.reap()

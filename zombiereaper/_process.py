@@ -58,6 +58,7 @@ from . import _fds, _linux
 from ._status import RUSAGE_LAYOUT, pack_rusage, wait_status_from_waitid
 
 if TYPE_CHECKING:
+    import ctypes
     from collections.abc import Callable
 
 T = TypeVar("T")
@@ -85,9 +86,10 @@ OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM}
 #: The waitid system call's number, by machine (os.uname().machine), where this module knows
 #: it and the 64-bit layouts of siginfo_t and struct rusage that it reads below.
 _WAITID_SYSCALLS: Final = {"x86_64": 247, "aarch64": 95}
-#: siginfo_t: 128 bytes; int si_code at 8; for SIGCHLD, int si_pid at 16, si_status at 24.
-_SIGINFO_SIZE: Final = 128
-_SIGINFO_CHILD: Final = struct.Struct("=8xi4xi4xi")
+#: siginfo_t: 128 bytes, read as 32 C ints: int si_code at 8 (index 2); for SIGCHLD, int
+#: si_pid at 16 (index 4) and si_status at 24 (index 6).
+_SIGINFO_INTS: Final = 32
+_SI_CODE, _SI_PID, _SI_STATUS = 2, 4, 6
 
 
 class ProcessGone(ChildProcessError):
@@ -428,19 +430,25 @@ class _RawWaitid:
     def __init__(self, number: int) -> None:
         import ctypes  # noqa: PLC0415 - only reaps need it
 
-        syscall = ctypes.CDLL(None, use_errno=True).syscall
-        syscall.restype = ctypes.c_long
+        # Two handles on syscall(). The one called first does not copy errno for us: that
+        # copy (a thread-local looked up by name) weighed on every cache-cold reap, and a
+        # reap that fails changed nothing (ECHILD, ENOSYS; EINTR, which WNOHANG never
+        # waits for), so it is simply made again through the other, which keeps errno.
+        self._syscall = ctypes.CDLL(None).syscall
+        self._syscall_keeping_errno = ctypes.CDLL(None, use_errno=True).syscall
+        for call in (self._syscall, self._syscall_keeping_errno):
+            call.restype = ctypes.c_long
         # No argtypes: converting through them was a fifth of a reap's time (it runs cache-cold,
         # right after the exit wakes the thread). Each argument is a buffer, passed as its
         # address, or an int below 2**31, passed as a C int that libffi sign-extends to the
         # 64-bit register syscall() reads (x86-64 and Arm64 alike): exact for these numbers.
-        self._syscall = syscall
         self._get_errno = ctypes.get_errno
-        self._create_buffer = ctypes.create_string_buffer
+        self._new_siginfo = ctypes.c_int * _SIGINFO_INTS  # read by index, no struct unpacking
+        self._new_usage = ctypes.c_char * RUSAGE_LAYOUT.size
         self._number = number
         #: Spare (siginfo_t, struct rusage) buffer pairs. A call takes one out while in use:
         #: another thread, or a signal handler that reaps on this one meanwhile, gets another.
-        self._spare: list[tuple[ctypes.Array[ctypes.c_char], ctypes.Array[ctypes.c_char]]] = []
+        self._spare: list[tuple[ctypes.Array[ctypes.c_int], ctypes.Array[ctypes.c_char]]] = []
         #: False once the kernel said ENOSYS.
         self.works = True
 
@@ -456,21 +464,36 @@ class _RawWaitid:
         try:
             pair = spare.pop()
         except IndexError:
-            pair = (self._create_buffer(_SIGINFO_SIZE), self._create_buffer(RUSAGE_LAYOUT.size))
+            pair = (self._new_siginfo(), self._new_usage())
         info, usage = pair
         try:
-            while self._syscall(self._number, idtype, ident, info, options, usage):
-                number = self._get_errno()
-                if number != errno.EINTR:
-                    raise OSError(number, os.strerror(number))
-            code, pid, status = _SIGINFO_CHILD.unpack_from(info)
+            if self._syscall(self._number, idtype, ident, info, options, usage):
+                self._wait_keeping_errno(idtype, ident, info, options, usage)
+            pid = info[_SI_PID]
+            if not pid:
+                return None
             # Kept as the kernel wrote it: unpacked only if someone reads it.
-            kept = usage.raw if pid else None
+            return Reaped(wait_status_from_waitid(info[_SI_CODE], info[_SI_STATUS]), usage.raw)
         finally:
             spare.append(pair)
-        if not pid:
-            return None
-        return Reaped(wait_status_from_waitid(code, status), kept)
+
+    def _wait_keeping_errno(
+        self,
+        idtype: int,
+        ident: int,
+        info: ctypes.Array[ctypes.c_int],
+        options: int,
+        usage: ctypes.Array[ctypes.c_char],
+    ) -> None:
+        """The call again, after a failure, through the handle that keeps errno.
+
+        Raises:
+            OSError: Unless it succeeds this time (a signal interrupted the first).
+        """
+        while self._syscall_keeping_errno(self._number, idtype, ident, info, options, usage):
+            number = self._get_errno()
+            if number != errno.EINTR:
+                raise OSError(number, os.strerror(number))
 
 
 @functools.cache

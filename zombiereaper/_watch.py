@@ -106,11 +106,13 @@ class Source(Protocol):
         """
         ...
 
-    def read_exit(self, notice: Notice, *, exited: bool = False) -> Outcome:
+    def read_exit(self, notice: Notice, *, look_first: bool = True) -> Outcome:
         """Reap the child if it has exited (with the watch's lock held).
 
-        ``exited``: the notice's descriptor said so (it is readable once the process has
-        exited, or been reaped by another waiter), so reaping need not look first.
+        ``look_first``: False where reaping at once costs no more than looking: the
+        notice's descriptor said the process has exited (or been reaped by another waiter),
+        or a sweep has no other child to ask about. A reap of a child that still runs
+        answers RUNNING just the same.
         """
         ...
 

@@ -47,10 +47,11 @@ class Loop(Protocol):
         """Run ``callback`` on the reaping thread in ``delay`` seconds."""
         ...
 
-    def settle_now(self, watch: Watch, *, exited: bool = False) -> bool:
+    def settle_now(self, watch: Watch, *, look_first: bool = True) -> bool:
         """Settle ``watch`` if it has exited; return whether this call did (failures logged).
 
-        ``exited``: its descriptor said so, and reaping need not look first.
+        ``look_first``: False to reap without reading the exit first (its descriptor said
+        it exited, or reaping costs no more than asking).
         """
         ...
 

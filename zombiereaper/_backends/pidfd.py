@@ -84,7 +84,7 @@ class PidfdMonitor:
         with self._lock:
             self._here[fd] = watch
             watch.monitor, watch.slot = self, fd
-            self._loop.add_reader(fd, lambda: self._loop.settle_now(watch, exited=True))
+            self._loop.add_reader(fd, lambda: self._loop.settle_now(watch, look_first=False))
             lend = len(self._here) > self.lend_above and not self._lending_asked
             self._lending_asked |= lend
         if lend:
@@ -247,7 +247,9 @@ class PidfdMonitor:
                 if fd is not None:
                     self._here[fd] = watch
                     watch.slot = fd
-                    self._loop.add_reader(fd, lambda: self._loop.settle_now(watch, exited=True))
+                    self._loop.add_reader(
+                        fd, lambda: self._loop.settle_now(watch, look_first=False)
+                    )
             if fd is None:
                 # Named by pid and start time from now on: swept like a sigchld child.
                 self._fallback.add(watch)

@@ -312,8 +312,10 @@ class SweepMonitor:
 
         The children that hold a pidfd are asked all at once, with one poll() of their
         pidfds (readable once the process has exited, or been reaped by another waiter):
-        only those that answer are settled, without a look first. The rest are checked one
-        by one, and so is every child when ``thorough``.
+        only those that answer are settled, without a look first. One alone is not asked:
+        reaping it costs a system call, as asking would, and one fewer when it has exited
+        (a program that runs one command at a time). The rest are checked one by one, and
+        so is every child when ``thorough``.
         """
         self.sweeps += 1
         with self._lock:
@@ -330,12 +332,15 @@ class SweepMonitor:
                 settled += self._loop.settle_now(watch)
             else:
                 by_fd[fd] = watch
-        if by_fd:
+        if len(by_fd) == 1:
+            (watch,) = by_fd.values()
+            settled += self._loop.settle_now(watch, look_first=False)
+        elif by_fd:
             poller = select.poll()
             for fd in by_fd:
                 poller.register(fd, select.POLLIN)
             for fd, _ in poller.poll(0):  # POLLNVAL (closed meanwhile) included: check it
-                settled += self._loop.settle_now(by_fd[fd], exited=True)
+                settled += self._loop.settle_now(by_fd[fd], look_first=False)
         return settled
 
     def count(self) -> int:
