@@ -104,6 +104,8 @@ class Engine:
         self._users = 0
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="zombiereaper", daemon=True)
+        #: The thread's ident once started: settle() asks it on every exit (no Python call).
+        self._thread_ident: int | None = None
         self.monitors = Monitors(self)
         _sighandler.wake_on_sigchld = False
 
@@ -184,7 +186,7 @@ class Engine:
                 # never blocking the reaping thread nor spinning it.
                 self.monitors.demote(watch)
                 return False
-            if threading.current_thread() is not self._thread:
+            if threading.get_ident() != self._thread_ident:
                 self._conclude(watch, outcome)
                 return True
             announce, callbacks = self._record_and_wake(watch, outcome)
@@ -505,7 +507,8 @@ class Engine:
         now = time.monotonic()
         if woken:
             sweep.note_wakeup()
-            self._all_schedule.note_wakeup()
+            if self._all_scope is not None:
+                self._all_schedule.note_wakeup()
         sweep.sweep_if_due(now)
         if self._all_scope is not None and (
             self._all_schedule.is_due(now)
@@ -520,11 +523,10 @@ class Engine:
         woken = False
         if self._epoll is not None:
             events = self._epoll.poll(-1 if timeout is None else timeout, _EPOLL_MAX_EVENTS)
-            fds = [fd for fd, _ in events]
         else:
             readable, _, _ = select.select([self._wake_read, self._own_read], [], [], timeout)
-            fds = list(readable)
-        for fd in fds:
+            events = [(fd, select.POLLIN) for fd in readable]
+        for fd, _ in events:
             if fd == self._own_read:
                 _sighandler.drain(fd)
                 continue
@@ -573,6 +575,7 @@ class Engine:
 
     def _start(self) -> None:
         self._thread.start()
+        self._thread_ident = self._thread.ident
 
     def _stop(self) -> None:
         self._stopping = True

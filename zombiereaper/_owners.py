@@ -219,7 +219,7 @@ class PopenSource:
             lock.release()
         if raw is None:
             return self._read_taken(notice)  # outside Popen's lock, which it takes
-        return decode_reaped(self.pid, raw, usage)
+        return decode_reaped(popen.pid, raw, usage)
 
     def _reap_through_popen(self, notice: ProcessRef, peeked: int | None) -> Outcome:
         """Not CPython's Popen (no wait lock): read the status exactly, then its own wait()."""

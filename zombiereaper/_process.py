@@ -108,6 +108,7 @@ class Reaped(NamedTuple):
 # --- capabilities ------------------------------------------------------------------------------
 
 
+@functools.cache
 def can_peek() -> bool:
     """Whether waitid with WNOWAIT works here (not on macOS), to read an exit without reaping."""
     return hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
@@ -790,7 +791,7 @@ class ProcessRef:
         """
         try:
             if self._fd is not None:
-                return reap_pidfd(self._fd)
+                return _waitid(os.P_PIDFD, self._fd, REAP)
             gone: Reaped | _Gone | None = _GONE
             raw = _checked(self.pid, self._is_same, reap_pidfd, lambda: reap_pid(self.pid), gone)
         except ChildProcessError:
