@@ -24,6 +24,7 @@ from zombiereaper._status import (
     RUSAGE_LAYOUT,
     _compact,
     _expand,
+    compact_usage,
     decode_reaped,
     pack_rusage,
     unpack_rusage,
@@ -119,6 +120,8 @@ def test_an_orphan_reaped_by_the_all_scope_carries_usage() -> None:
         assert arrived.wait(60)
     (status,) = [s for s in heard if s.pid == pid]
     _assert_busy_usage(status)
+    # Compacted as it was recorded, as an owned child's record is once forgotten.
+    assert status._usage is not None and len(status._usage) < RUSAGE_LAYOUT.size
 
 
 def test_service_events_carry_the_usage() -> None:
@@ -191,6 +194,43 @@ def test_a_record_keeps_the_kernels_bytes_exactly(words: list[int]) -> None:
     raw = RUSAGE_LAYOUT.pack(*words)
     assert _expand(_compact(raw)) == raw
     assert _compact(raw) == _compact(_expand(_compact(raw)))
+    # Never as long as the bytes a reap gives, which a record holds until compact_usage().
+    assert len(_compact(raw)) != RUSAGE_LAYOUT.size
+    assert _expand(raw) == raw
+    status = decode_reaped(1, 0, raw)
+    before = status.rusage
+    compact_usage(status)
+    assert status.rusage == before == unpack_rusage(raw)
+
+
+def test_the_usage_is_compacted_after_on_exit_not_before() -> None:
+    """The reaping thread calls on_exit before it compacts the usage; the registry's record
+    is compact afterwards, and reads the same.
+
+    Compacting it first cost on_exit about 7 us of a cache-cold reaping thread.
+    """
+    seen: list[tuple[int, object]] = []
+    called = threading.Event()
+
+    def on_exit(status: ExitStatus) -> None:
+        seen.append((len(status._usage or b""), status.rusage))
+        called.set()
+
+    if _process._raw_waitid() is None:
+        pytest.skip("no resource usage on this machine")
+    with Reaper(on_exit=on_exit) as reaper:
+        child = reaper.spawn(sh("exit 3"))
+        # No wait() before on_exit: settled on the caller's thread, the record would be
+        # compacted there, before the reaping thread calls back.
+        assert called.wait(30), "no on_exit"
+        status = child.wait(30)
+        assert reaper.registry[child.pid] is status
+        eventually(
+            lambda: len(status._usage or b"") < RUSAGE_LAYOUT.size, 10, "the usage compacted"
+        )
+    [(length_in_callback, usage_in_callback)] = seen
+    assert length_in_callback == RUSAGE_LAYOUT.size, "compacted before on_exit"
+    assert status.rusage == usage_in_callback
 
 
 def test_a_record_of_a_short_child_keeps_little() -> None:

@@ -39,6 +39,7 @@ from ._backends.sigchld import SweepSchedule
 from ._errors import ReaperError
 from ._orphans import Ownership
 from ._owners import wait_for_gone
+from ._status import compact_usage
 from ._watch import Known, Retry, Running, Watch
 
 if TYPE_CHECKING:
@@ -258,9 +259,10 @@ class Engine:
         3. callbacks: ``on_exit`` and done callbacks are queued for the reaping thread, never
            run here (this may be a user's thread calling poll(), holding the lock), and there
            a BaseException from one is logged and reaping goes on (issue 11, race 3);
-        4. forget: the backend stops watching, the pidfd is closed, and only now the pid
-           leaves the owned set, so the all-scope sweep cannot take it for nobody's child
-           while it is being recorded.
+        4. forget: the backend stops watching, the pidfd is closed, the record's resource
+           usage is compacted (see compact_usage), and only now the pid leaves the owned
+           set, so the all-scope sweep cannot take it for nobody's child while it is being
+           recorded.
 
         On the reaping thread, :meth:`settle` runs steps 3 and 4 itself, after the lock.
         """
@@ -300,6 +302,9 @@ class Engine:
             self._call_logged(callback)
 
     def _forget(self, watch: Watch) -> None:
+        outcome = watch.outcome
+        if outcome is not None:
+            compact_usage(outcome)  # kept as the reap gave it on the way to on_exit
         monitor = watch.monitor
         if monitor is not None:
             monitor.remove(watch)
@@ -459,6 +464,7 @@ class Engine:
             self._all_deadline = deadline
         for status in recorded:
             # Record, then call back: the same order as for an owned child.
+            compact_usage(status)
             scope.sink.record(status)
             self.call_soon(functools.partial(scope.sink.announce, status))
         return recorded
