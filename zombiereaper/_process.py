@@ -89,7 +89,9 @@ _WAITID_SYSCALLS: Final = {"x86_64": 247, "aarch64": 95}
 #: siginfo_t: 128 bytes, read as 32 C ints: int si_code at 8 (index 2); for SIGCHLD, int
 #: si_pid at 16 (index 4) and si_status at 24 (index 6).
 _SIGINFO_INTS: Final = 32
-_SI_CODE, _SI_PID, _SI_STATUS = 2, 4, 6
+_SI_CODE: Final = 2
+_SI_PID: Final = 4
+_SI_STATUS: Final = 6
 
 
 class ProcessGone(ChildProcessError):
@@ -434,7 +436,9 @@ class _RawWaitid:
         # Two handles on syscall(). The one called first does not copy errno for us: that
         # copy (a thread-local looked up by name) weighed on every cache-cold reap, and a
         # reap that fails changed nothing (ECHILD, ENOSYS; EINTR, which WNOHANG never
-        # waits for), so it is simply made again through the other, which keeps errno.
+        # waits for), so it is simply made again through the other, which keeps errno. (By
+        # pid, the second call answers for whatever process has the pid then, as the first
+        # would have a moment later: callers of a reap by pid check the identity anyway.)
         self._syscall = ctypes.CDLL(None).syscall
         self._syscall_keeping_errno = ctypes.CDLL(None, use_errno=True).syscall
         for call in (self._syscall, self._syscall_keeping_errno):
