@@ -335,15 +335,23 @@ def peek_pid_with_usage(pid: int) -> Reaped | None:
 
 
 def has_zombie_child() -> bool:
-    """Whether this process has any child that has exited and not been reaped.
+    """Whether this process has any child that has exited and not been reaped."""
+    return exited_child() is not None
 
-    ``waitid(P_ALL, WNOWAIT)`` answers this, but cannot enumerate: it returns the same first
-    zombie every time (prior art, pitfall 2); /proc lists them (zombiereaper._linux).
+
+def exited_child() -> int | None:
+    """The pid of a child of this process that has exited and is not reaped yet, if any.
+
+    Nothing is reaped: ``waitid(P_ALL)`` with WNOWAIT only looks. It cannot enumerate: it
+    names the same child every time until that one is reaped (prior art, pitfall 2), so a
+    caller that will not reap it learns nothing of the others; /proc lists them all
+    (zombiereaper._linux).
     """
     try:
-        return os.waitid(os.P_ALL, 0, PEEK) is not None
+        result = os.waitid(os.P_ALL, 0, PEEK)
     except ChildProcessError:
-        return False
+        return None  # no children at all
+    return None if result is None else result.si_pid
 
 
 def open_pidfd(pid: int) -> int:

@@ -1,10 +1,12 @@
 """The portable backend: SIGCHLD wakeups and a timer, then a non-blocking check of each child.
 
 Serves macOS, kernels without pidfd, children whose pidfd could not be opened (EMFILE), and
-children whose pidfd the relay held when it died. It never calls waitpid(-1): each child is
-checked on its own through its ProcessRef, so a sweep costs O(n) in the number of children
-watched this way (dotnet/corefx #26291 shows why that matters), and a stolen status is never
-mistaken for another child's that took the pid (issue 11, race 6).
+children whose pidfd the relay held when it died. It never reaps with waitpid(-1): each child
+is reaped on its own through its ProcessRef, so a stolen status is never mistaken for another
+child's that took the pid (issue 11, race 6). Which children to look at on a wakeup, the
+kernel says (SweepMonitor.sweep): a sweep costs a system call per exit, not one per child
+watched (dotnet/corefx #26291 shows why that matters), but for the sweep that looks at every
+one, at least every SAFETY_SWEEP_INTERVAL.
 
 Where pidfds work, up to SWEPT_PIDFD_LIMIT of this backend's children at a time hold one
 (:func:`open_ref`): checking and reaping through it needs no identity check, which by pid
@@ -240,6 +242,8 @@ class SweepMonitor:
         #: When the last watch left (by ``clock``): the timer stays armed for one interval
         #: after, so that the next spawn of a busy program need not wake the thread.
         self._emptied_at = float("-inf")
+        #: When a sweep last looked at every child (see sweep()).
+        self._scanned_at = now
         #: Sweeps so far (read by tests of the storm guard).
         self.sweeps = 0
 
@@ -300,28 +304,40 @@ class SweepMonitor:
         if not self._schedule.is_due(now):
             return
         if self._watches:
-            # The timer's sweep looks at every child, pidfd or not: a net under readiness (a
-            # pidfd's number closed behind our back and reused, a kernel whose poll lagged).
-            thorough = not self._schedule.asked
+            # The timer's sweep looks at every child (see sweep()), and so does a sweep asked
+            # for by a wakeup when wakeups come too often for the timer's turn to come.
+            thorough = not self._schedule.asked or now - self._scanned_at >= SAFETY_SWEEP_INTERVAL
+            if thorough:
+                self._scanned_at = now
             self._schedule.record_sweep(now, self.sweep(thorough=thorough))
         else:
             self._schedule.record_idle(now)
 
     def sweep(self, *, thorough: bool = False) -> int:
-        """Check every swept child now; return how many were settled.
+        """Check the swept children now; return how many were settled.
 
-        The children that hold a pidfd are asked all at once, with one poll() of their
-        pidfds (readable once the process has exited, or been reaped by another waiter):
-        only those that answer are settled, without a look first. One alone is not asked:
-        reaping it costs a system call, as asking would, and one fewer when it has exited
-        (a program that runs one command at a time). The rest are checked one by one, and
-        so is every child when ``thorough``.
+        Not ``thorough``, a child is looked at only on a sign that it exited. The children
+        that hold a pidfd are asked all at once, with one poll() of their pidfds (readable
+        once the process has exited, or been reaped by another waiter), and only those that
+        answer are settled, without a look first; one alone is not asked: reaping it costs a
+        system call, as asking would, and one fewer when it has exited (a program that runs
+        one command at a time). The children named by pid are found through the kernel,
+        which names a child of the process that has exited (waitid(P_ALL) with WNOWAIT:
+        nothing is reaped): that one is settled, then the next it names, until it names
+        none. A system call per exit, where looking at each child cost one per child
+        (dotnet/corefx #26291). A child it names that is not swept here (another waiter's,
+        the relay), or that does not settle, hides every later one (it names the same child
+        until it is reaped, pitfall 2): then each one is looked at.
+
+        ``thorough``: look at every child, pidfd or not. The net under readiness (a pidfd's
+        number closed behind our back and reused, a kernel whose poll lagged), and how a
+        child named by pid that another waiter reaped is found: it is no zombie to name.
         """
         self.sweeps += 1
         with self._lock:
             candidates = list(self._watches)
         by_fd: dict[int, Watch] = {}
-        settled = 0
+        by_pid: list[Watch] = []
         for watch in candidates:
             notice = watch.notice
             # Read without the watch's lock: a pidfd is closed only once its watch is settled,
@@ -329,19 +345,49 @@ class SweepMonitor:
             # for nothing (settle_now() looks under the lock).
             fd = notice.fileno if isinstance(notice, SweptRef) and not thorough else None
             if fd is None:
-                settled += self._loop.settle_now(watch)
+                by_pid.append(watch)
             else:
                 by_fd[fd] = watch
+        settled = self._settle_readable(by_fd)
+        if by_pid and not thorough and can_peek():
+            found, hidden = self._settle_exited({watch.pid: watch for watch in by_pid})
+            settled += found
+            if not hidden:
+                return settled
+        for watch in by_pid:
+            settled += self._loop.settle_now(watch)
+        return settled
+
+    def _settle_readable(self, by_fd: dict[int, Watch]) -> int:
+        """Settle the children whose pidfd (the keys) is readable; return how many."""
         if len(by_fd) == 1:
             (watch,) = by_fd.values()
-            settled += self._loop.settle_now(watch, look_first=False)
-        elif by_fd:
+            return self._loop.settle_now(watch, look_first=False)
+        settled = 0
+        if by_fd:
             poller = select.poll()
             for fd in by_fd:
                 poller.register(fd, select.POLLIN)
             for fd, _ in poller.poll(0):  # POLLNVAL (closed meanwhile) included: check it
                 settled += self._loop.settle_now(by_fd[fd], look_first=False)
         return settled
+
+    def _settle_exited(self, by_pid: dict[int, Watch]) -> tuple[int, bool]:
+        """Settle the children of ``by_pid`` that the kernel names as exited, one by one.
+
+        Returns:
+            How many were settled, and whether the kernel named a child that this did not
+            settle (not in ``by_pid``, or named again after its turn), which may hide others.
+        """
+        settled = 0
+        while True:
+            pid = _process.exited_child()
+            if pid is None:
+                return settled, False
+            watch = by_pid.pop(pid, None)  # each one once: the loop ends
+            if watch is None:
+                return settled, True
+            settled += self._loop.settle_now(watch)
 
     def count(self) -> int:
         """How many children are watched this way."""
