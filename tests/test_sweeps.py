@@ -11,6 +11,7 @@ These drive one SweepMonitor directly, with a stand-in loop and clock: no timing
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import select
 import subprocess
@@ -61,9 +62,14 @@ class _Watch(SimpleNamespace):
     __hash__ = object.__hash__
 
 
+_fake_pids = itertools.count(-1, -1)
+
+
 def _watch(notice: object = None) -> Any:
+    """A watch of ``notice``'s pid, or of a pid of its own that no process has."""
+    pid = notice.pid if isinstance(notice, ProcessRef) else next(_fake_pids)
     return _Watch(
-        pid=0, notice=notice, monitor=None, slot=None, lock=threading.Lock(), watching=True
+        pid=pid, notice=notice, monitor=None, slot=None, lock=threading.Lock(), watching=True
     )
 
 
@@ -279,7 +285,6 @@ def _named_by_pid(monitor: SweepMonitor, children: list[subprocess.Popen[bytes]]
     watches = []
     for child in children:
         watch = _watch(ProcessRef.open(child.pid, pidfd=False))
-        watch.pid = child.pid
         monitor.add(watch)
         watches.append(watch)
     return watches
@@ -305,6 +310,23 @@ def test_a_sweep_settles_only_the_children_the_kernel_names_as_exited() -> None:
         assert loop.settled == []
         for watch in running:
             watch.notice.close()
+
+
+@pytest.mark.skipif(not HAS_PIDFD, reason="needs pidfd")
+def test_a_removed_watch_leaves_nothing_for_a_sweep_to_ask_about() -> None:
+    """The sweep's indexes (by pidfd, by pid) lose a watch with the watch set."""
+    monitor, _, _ = _monitor()
+    with _children(["sleep", "30"], ["sleep", "30"]) as children:
+        held = _watch(SweptRef.open(children[0].pid, pidfd=True))
+        named = _watch(ProcessRef.open(children[1].pid, pidfd=False))
+        for watch in (held, named):
+            monitor.add(watch)
+        assert monitor._held == {held.notice.fileno: held}
+        assert monitor._named == {named.pid: named}
+        for watch in (held, named):
+            monitor.remove(watch)
+            watch.notice.close()
+        assert monitor._held == {} and monitor._named == {} and monitor.count() == 0
 
 
 def test_an_exited_child_that_is_not_swept_makes_the_sweep_look_at_each() -> None:

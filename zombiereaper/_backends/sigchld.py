@@ -234,6 +234,10 @@ class SweepMonitor:
         self._clock = clock
         self._lock = threading.Lock()
         self._watches: set[Watch] = set()
+        #: The same watches, those that hold a pidfd by it (their slot), the rest by pid:
+        #: what a sweep asks for, without a pass over every watch.
+        self._held: dict[int, Watch] = {}
+        self._named: dict[int, Watch] = {}
         self._schedule = SweepSchedule(now)
         #: Whether the reaping thread's current wait ends in time for a timer sweep (it
         #: asked timeout() while something was swept, or soon after): a child added
@@ -254,11 +258,18 @@ class SweepMonitor:
 
     def add(self, watch: Watch) -> None:
         """Check ``watch`` on every sweep from now on."""
+        notice = watch.notice
+        # A swept pidfd stays open, and its number this watch's, until the watch is removed.
+        fd = notice.fileno if isinstance(notice, SweptRef) else None
         with self._lock:
             armed = self._timer_armed
             first = not self._watches
             self._watches.add(watch)
-            watch.monitor, watch.slot = self, None
+            if fd is None:
+                self._named[watch.pid] = watch
+            else:
+                self._held[fd] = watch
+            watch.monitor, watch.slot = self, fd
         if first:  # SIGCHLD must wake the loop from now on (see remove())
             self._loop.sweep_needed()
         # From now on its exit raises a SIGCHLD that wakes a sweep (where the handler is
@@ -274,6 +285,12 @@ class SweepMonitor:
         """Stop checking ``watch`` (settled)."""
         with self._lock:
             self._watches.discard(watch)
+            fd = watch.slot
+            if isinstance(fd, int):
+                if self._held.get(fd) is watch:
+                    del self._held[fd]
+            elif self._named.get(watch.pid) is watch:
+                del self._named[watch.pid]
             last = not self._watches
             if last:
                 self._emptied_at = self._clock()
@@ -334,28 +351,27 @@ class SweepMonitor:
         child named by pid that another waiter reaped is found: it is no zombie to name.
         """
         self.sweeps += 1
+        if thorough:
+            with self._lock:
+                candidates = list(self._watches)
+            return sum(self._loop.settle_now(watch) for watch in candidates)
         with self._lock:
-            candidates = list(self._watches)
-        by_fd: dict[int, Watch] = {}
-        by_pid: list[Watch] = []
-        for watch in candidates:
-            notice = watch.notice
-            # Read without the watch's lock: a pidfd is closed only once its watch is settled,
-            # so a number closed or reused since can only skip a settled watch, or check one
-            # for nothing (settle_now() looks under the lock).
-            fd = notice.fileno if isinstance(notice, SweptRef) and not thorough else None
-            if fd is None:
-                by_pid.append(watch)
-            else:
-                by_fd[fd] = watch
-        settled = self._settle_readable(by_fd)
-        if by_pid and not thorough and can_peek():
-            found, hidden = self._settle_exited({watch.pid: watch for watch in by_pid})
-            settled += found
-            if not hidden:
-                return settled
-        for watch in by_pid:
-            settled += self._loop.settle_now(watch)
+            held = dict(self._held)  # at most SWEPT_PIDFD_LIMIT
+            named = bool(self._named)
+        # A pidfd's number is closed only once its watch is removed: one closed or reused
+        # since the copy can only skip a settled watch, or check one for nothing
+        # (settle_now() looks under the watch's lock).
+        settled = self._settle_readable(held)
+        if named:
+            hidden = True
+            if can_peek():
+                found, hidden = self._settle_exited()
+                settled += found
+            if hidden:
+                with self._lock:
+                    candidates = list(self._named.values())
+                for watch in candidates:
+                    settled += self._loop.settle_now(watch)
         return settled
 
     def _settle_readable(self, by_fd: dict[int, Watch]) -> int:
@@ -372,21 +388,25 @@ class SweepMonitor:
                 settled += self._loop.settle_now(by_fd[fd], look_first=False)
         return settled
 
-    def _settle_exited(self, by_pid: dict[int, Watch]) -> tuple[int, bool]:
-        """Settle the children of ``by_pid`` that the kernel names as exited, one by one.
+    def _settle_exited(self) -> tuple[int, bool]:
+        """Settle the children named by pid that the kernel names as exited, one by one.
 
         Returns:
             How many were settled, and whether the kernel named a child that this did not
-            settle (not in ``by_pid``, or named again after its turn), which may hide others.
+            settle (not swept by pid here, or named again after its turn), which may hide
+            others.
         """
         settled = 0
+        named: set[int] = set()
         while True:
             pid = _process.exited_child()
             if pid is None:
                 return settled, False
-            watch = by_pid.pop(pid, None)  # each one once: the loop ends
-            if watch is None:
+            with self._lock:
+                watch = self._named.get(pid)
+            if watch is None or pid in named:
                 return settled, True
+            named.add(pid)  # each one once: the loop ends
             settled += self._loop.settle_now(watch)
 
     def count(self) -> int:
