@@ -348,30 +348,32 @@ class SweepMonitor:
 
         ``thorough``: look at every child, pidfd or not. The net under readiness (a pidfd's
         number closed behind our back and reused, a kernel whose poll lagged), and how a
-        child named by pid that another waiter reaped is found: it is no zombie to name.
+        child named by pid that another waiter reaped is found: it is no zombie to name, and
+        its pid may name another child of ours by now, so only its owner's record (a Popen's
+        returncode) or a look at it by identity tells.
         """
         self.sweeps += 1
-        if thorough:
-            with self._lock:
-                candidates = list(self._watches)
-            return sum(self._loop.settle_now(watch) for watch in candidates)
         with self._lock:
             held = dict(self._held)  # at most SWEPT_PIDFD_LIMIT
             named = bool(self._named)
         # A pidfd's number is closed only once its watch is removed: one closed or reused
         # since the copy can only skip a settled watch, or check one for nothing
         # (settle_now() looks under the watch's lock).
-        settled = self._settle_readable(held)
-        if named:
-            hidden = True
-            if can_peek():
-                found, hidden = self._settle_exited()
-                settled += found
-            if hidden:
-                with self._lock:
-                    candidates = list(self._named.values())
-                for watch in candidates:
-                    settled += self._loop.settle_now(watch)
+        if thorough:
+            settled = sum(self._loop.settle_now(watch) for watch in held.values())
+        else:
+            settled = self._settle_readable(held)
+        if not named:
+            return settled
+        hidden = True
+        if can_peek():
+            found, hidden = self._settle_exited()
+            settled += found
+        if hidden or thorough:
+            with self._lock:
+                candidates = list(self._named.values())
+            for watch in candidates:
+                settled += self._loop.settle_now(watch)
         return settled
 
     def _settle_readable(self, by_fd: dict[int, Watch]) -> int:
