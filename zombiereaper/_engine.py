@@ -105,8 +105,6 @@ class Engine:
         self._users = 0
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="zombiereaper", daemon=True)
-        #: The thread's ident once started: settle() asks it on every exit (no Python call).
-        self._thread_ident: int | None = None
         self.monitors = Monitors(self)
         _sighandler.wake_on_sigchld = False
 
@@ -187,7 +185,7 @@ class Engine:
                 # never blocking the reaping thread nor spinning it.
                 self.monitors.demote(watch)
                 return False
-            if threading.get_ident() != self._thread_ident:
+            if threading.current_thread() is not self._thread:
                 self._conclude(watch, outcome)
                 return True
             announce, callbacks = self._record_and_wake(watch, outcome)
@@ -581,7 +579,6 @@ class Engine:
 
     def _start(self) -> None:
         self._thread.start()
-        self._thread_ident = self._thread.ident
 
     def _stop(self) -> None:
         self._stopping = True

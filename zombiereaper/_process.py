@@ -803,7 +803,7 @@ class ProcessRef:
         """
         try:
             if self._fd is not None:
-                return _waitid(os.P_PIDFD, self._fd, REAP)
+                return reap_pidfd(self._fd)
             gone: Reaped | _Gone | None = _GONE
             raw = _checked(self.pid, self._is_same, reap_pidfd, lambda: reap_pid(self.pid), gone)
         except ChildProcessError:

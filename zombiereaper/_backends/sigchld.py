@@ -233,9 +233,8 @@ class SweepMonitor:
         self._loop = loop
         self._clock = clock
         self._lock = threading.Lock()
-        self._watches: set[Watch] = set()
-        #: The same watches, those that hold a pidfd by it (their slot), the rest by pid:
-        #: what a sweep asks for, without a pass over every watch.
+        #: The watches: those that hold a pidfd by it (their slot), the rest by pid, so that
+        #: a sweep asks for what it needs without a pass over every watch.
         self._held: dict[int, Watch] = {}
         self._named: dict[int, Watch] = {}
         self._schedule = SweepSchedule(now)
@@ -254,7 +253,7 @@ class SweepMonitor:
     @property
     def active(self) -> bool:
         """Whether any child is watched this way (then SIGCHLD must wake the loop)."""
-        return bool(self._watches)
+        return bool(self._held or self._named)
 
     def add(self, watch: Watch) -> None:
         """Check ``watch`` on every sweep from now on."""
@@ -263,8 +262,7 @@ class SweepMonitor:
         fd = notice.fileno if isinstance(notice, SweptRef) else None
         with self._lock:
             armed = self._timer_armed
-            first = not self._watches
-            self._watches.add(watch)
+            first = not self.active
             if fd is None:
                 self._named[watch.pid] = watch
             else:
@@ -284,14 +282,15 @@ class SweepMonitor:
     def remove(self, watch: Watch) -> None:
         """Stop checking ``watch`` (settled)."""
         with self._lock:
-            self._watches.discard(watch)
+            # Only if it is still the one listed: a settled watch's pid may be a new watch's
+            # already (the engine lets a new child take the pid of one being settled).
             fd = watch.slot
             if isinstance(fd, int):
                 if self._held.get(fd) is watch:
                     del self._held[fd]
             elif self._named.get(watch.pid) is watch:
                 del self._named[watch.pid]
-            last = not self._watches
+            last = not self.active
             if last:
                 self._emptied_at = self._clock()
         watch.monitor = None
@@ -307,9 +306,7 @@ class SweepMonitor:
         each wait: a timer sweep is armed (or not) until it asks again.
         """
         with self._lock:
-            self._timer_armed = bool(self._watches) or (
-                now - self._emptied_at < SAFETY_SWEEP_INTERVAL
-            )
+            self._timer_armed = self.active or (now - self._emptied_at < SAFETY_SWEEP_INTERVAL)
         return self._schedule.timeout(now) if self._timer_armed else None
 
     def note_wakeup(self) -> None:
@@ -320,7 +317,7 @@ class SweepMonitor:
         """Check every swept child if a sweep is due."""
         if not self._schedule.is_due(now):
             return
-        if self._watches:
+        if self.active:
             # The timer's sweep looks at every child (see sweep()), and so does a sweep asked
             # for by a wakeup when wakeups come too often for the timer's turn to come.
             thorough = not self._schedule.asked or now - self._scanned_at >= SAFETY_SWEEP_INTERVAL
@@ -414,4 +411,4 @@ class SweepMonitor:
     def count(self) -> int:
         """How many children are watched this way."""
         with self._lock:
-            return len(self._watches)
+            return len(self._held) + len(self._named)
